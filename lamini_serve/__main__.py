@@ -1,0 +1,3 @@
+from lamini_serve.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""`lamini chat MODEL`: talk to any model in the terminal, tokens streamed as they come."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Iterable, TextIO
+
+import click
+
+HELP_TEXT = "Commands: /reset forgets the conversation, /exit (or Ctrl-D) quits."
+
+
+def run_session(
+    engine,
+    params,
+    lines: Iterable[str],
+    out: TextIO,
+    system: str | None = None,
+    on_prompt: Callable[[], None] = lambda: None,
+) -> list[tuple[str, str]]:
+    """A multi-turn conversation: each line is a user turn, each answer is streamed to `out`.
+
+    Returns the (user, assistant) turns that were kept.
+    """
+    from lamini_serve.prompts import conversation
+
+    history: list[tuple[str, str]] = []
+    on_prompt()
+    for line in lines:
+        text = line.strip()
+        if text in ("/exit", "/quit", "/bye"):
+            break
+        if text == "/reset":
+            history.clear()
+            out.write("(conversation forgotten)\n")
+        elif text in ("/help", "/?"):
+            out.write(HELP_TEXT + "\n")
+        elif text:
+            answer = stream_answer(engine, conversation(text, history, system), params, out)
+            history.append((text, answer))
+        on_prompt()
+    return history
+
+
+def stream_answer(engine, messages, params, out: TextIO) -> str:
+    pieces = []
+    for piece in engine.stream(messages, params):
+        pieces.append(piece)
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    return "".join(pieces)
+
+
+def _interactive_lines() -> Iterable[str]:
+    while True:
+        try:
+            yield input()
+        except EOFError:
+            return
+
+
+@click.command()
+@click.argument("model")
+@click.option("-p", "--prompt", default=None,
+              help="Answer this one prompt and exit (`-` reads it from standard input).")
+@click.option("--system", default=None, help="A system message (chat-format models only).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 is greedy decoding; try 0.7 for varied answers.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=1.1, show_default=True,
+              help="Above 1 discourages small models from looping.")
+@click.option("--seed", type=int, default=None, help="Seed for sampling, for repeatable answers.")
+@click.option("--format", "prompt_format", type=click.Choice(["raw", "alpaca", "chat"]), default=None,
+              help="Override the prompt format recorded in the checkpoint.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
+@click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on GPUs that have it, else fp32), float32, bfloat16, float16")
+def chat(model, prompt, system, max_new_tokens, temperature, top_p, repetition_penalty, seed, prompt_format, device, dtype):
+    """Chat with MODEL: `embedded`, a checkpoint folder, or a hub id.
+
+    Multi-turn and streamed. With -p, answer one prompt and exit.
+
+    \b
+      lamini chat embedded
+      lamini chat embedded -p "Give three tips for staying healthy."
+      lamini chat ./runs/quickstart/t5-small --max-new-tokens 128
+    """
+    from lamini_serve.engine import SamplingParams, TorchEngine
+    from lamini_serve.models import ModelSpec
+    from lamini_serve.prompts import conversation
+
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        repetition_penalty=repetition_penalty, seed=seed,
+    )
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    spec = ModelSpec.resolve(model, prompt_format=prompt_format)
+    click.echo(f"Loading {spec.describe()} ...", err=True)
+    engine = TorchEngine(spec, device=device, dtype=dtype)
+    out = sys.stdout
+    if prompt is not None:
+        if not prompt.strip():
+            raise click.UsageError("the prompt is empty")
+        stream_answer(engine, conversation(prompt, (), system), params, out)
+        return
+    tty = sys.stdin.isatty()
+    if tty:
+        click.echo(f"Chatting with {spec.name}. {HELP_TEXT}", err=True)
+    run_session(
+        engine, params, _interactive_lines(), out, system,
+        on_prompt=(lambda: click.echo(">>> ", nl=False, err=True)) if tty else (lambda: None),
+    )

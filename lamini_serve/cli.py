@@ -1,0 +1,56 @@
+"""`lamini`: the command-line root. Each stage defines its own commands in its module.
+
+Nothing heavy is imported here: `lamini --help` must answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from lamini_serve import __version__
+from lamini_serve.errors import LaminiError
+
+
+class LaminiGroup(click.Group):
+    """Prints user mistakes (LaminiError) as one line, and Ctrl-C without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LaminiError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=LaminiGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="lamini")
+def cli() -> None:
+    """lamini-serve: distill a teacher LLM into a herd of small students, and serve them.
+
+    Models are named the same way everywhere: `embedded` (the bundled
+    SmolLM2-135M-Instruct teacher, fetched on first use), a local checkpoint
+    folder, or a Hugging Face hub id such as `google/flan-t5-small`.
+    """
+
+
+def _register() -> None:
+    from lamini_serve.chat import chat
+    from lamini_serve.teacher.cli import teacher
+
+    cli.add_command(teacher)
+    cli.add_command(chat)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="lamini")
+
+
+if __name__ == "__main__":
+    main()

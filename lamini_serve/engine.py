@@ -1,0 +1,244 @@
+"""In-process generation with transformers: batched, streamed, for both families.
+
+This is the engine behind `lamini chat`, the embedded teacher's answers in
+`lamini data`, and the torch backend of `lamini serve`. It takes OpenAI-style
+conversations and returns text; the ModelSpec decides how they become tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from lamini_serve.errors import LaminiError
+from lamini_serve.models import Family, ModelSpec
+from lamini_serve.prompts import Message
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens. temperature 0 means greedy (deterministic)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise LaminiError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise LaminiError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise LaminiError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise LaminiError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise LaminiError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        self.stop = tuple(self.stop)
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn or a stop string) or "length"
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """Text up to the first stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters might be the start of a stop string (not yet safe to show)."""
+    keep = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                keep = max(keep, k)
+                break
+    return keep
+
+
+class TorchEngine:
+    """A loaded model + tokenizer that answers conversations."""
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str = "auto"):
+        self.spec = spec
+        self.tokenizer = spec.load_tokenizer()
+        self.model = spec.load_model(device=device, dtype=dtype)
+        self.device = self.model.device
+        self._eos = self._eos_ids()
+
+    @classmethod
+    def from_name(cls, name: str, prompt_format: str | None = None, **kw) -> "TorchEngine":
+        return cls(ModelSpec.resolve(name, prompt_format=prompt_format), **kw)
+
+    def _eos_ids(self) -> list[int]:
+        ids: list[int] = []
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        for x in (gen_eos if isinstance(gen_eos, list) else [gen_eos]) + [self.tokenizer.eos_token_id]:
+            if x is not None and x not in ids:
+                ids.append(int(x))
+        return ids
+
+    # ---- inputs -------------------------------------------------------------
+    def prompt_text(self, messages: Sequence[Message]) -> str:
+        return self.spec.render(messages, self.tokenizer)
+
+    def encode(self, conversations: Sequence[Sequence[Message]]):
+        texts = [self.prompt_text(m) for m in conversations]
+        enc = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=self.spec.add_special_tokens,
+            return_token_type_ids=False,
+        )
+        return enc.to(self.device)
+
+    def _gen_kwargs(self, params: SamplingParams) -> dict:
+        import torch
+
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        kw: dict = dict(
+            max_new_tokens=params.max_new_tokens,
+            eos_token_id=self._eos,
+            pad_token_id=self.tokenizer.pad_token_id,
+            repetition_penalty=params.repetition_penalty,
+        )
+        if params.temperature > 0:
+            kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        stops = self.stops(params)
+        if stops:
+            kw.update(stop_strings=list(stops), tokenizer=self.tokenizer)
+        return kw
+
+    def stops(self, params: SamplingParams) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.spec.stop_strings + params.stop))
+
+    def _new_tokens(self, out, enc):
+        # A decoder-only model returns prompt + answer; an encoder-decoder only the answer
+        # (after its decoder start token).
+        if self.spec.family is Family.CAUSAL:
+            return out[:, enc["input_ids"].shape[1]:]
+        return out[:, 1:]
+
+    # ---- generation ---------------------------------------------------------
+    def generate(self, conversations: Sequence[Sequence[Message]], params: SamplingParams | None = None) -> list[Completion]:
+        """Answer a batch of conversations in one padded `generate` call."""
+        import torch
+
+        params = params or SamplingParams()
+        if not conversations:
+            return []
+        enc = self.encode(conversations)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **self._gen_kwargs(params))
+        new = self._new_tokens(out, enc)
+        stops = self.stops(params)
+        results = []
+        pad = self.tokenizer.pad_token_id
+        for i, row in enumerate(new.tolist()):
+            n_prompt = int(enc["attention_mask"][i].sum())
+            # Count what the model produced: up to and including its first end token.
+            n, ended = 0, False
+            for tok in row:
+                n += 1
+                if tok in self._eos:
+                    ended = True
+                    break
+            else:
+                while n and row[n - 1] == pad and pad not in self._eos:
+                    n -= 1
+            text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
+            text, stopped = cut_at_stop(text, stops)
+            reason = "stop" if (ended or stopped or n < params.max_new_tokens) else "length"
+            results.append(Completion(text.strip(), n_prompt, n, reason))
+        return results
+
+    def stream(self, messages: Sequence[Message], params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield the answer's text piece by piece as the model produces it."""
+        import torch
+
+        _TokenStreamer = _token_streamer_class()
+
+        params = params or SamplingParams()
+        enc = self.encode([messages])
+        streamer = _TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**enc, **self._gen_kwargs(params), streamer=streamer)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                failure.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        stops = self.stops(params)
+        text, shown, started = "", 0, False
+        for piece in streamer:
+            text += piece
+            if not started:  # answers often open with the format's newline: skip it
+                stripped = text.lstrip()
+                shown += len(text) - len(stripped)
+                started = bool(stripped)
+            cut, stopped = cut_at_stop(text, stops)
+            safe = len(cut) if stopped else len(text) - held_back(text, stops)
+            if safe > shown:
+                yield text[shown:safe]
+                shown = safe
+            if stopped:
+                break
+        else:
+            if len(text) > shown:
+                yield text[shown:].rstrip() if shown else text.strip()
+        thread.join()
+        if failure:
+            raise failure[0]
+
+
+def _token_streamer_class():
+    from transformers import TextIteratorStreamer
+
+    class TokenStreamer(TextIteratorStreamer):
+        """Emits text after every token, not only at word ends as transformers' streamer does.
+
+        The answer so far is decoded whole each time and the new tail is sent, unless
+        it ends inside a multi-byte character (decoded as U+FFFD) or an earlier token
+        decodes differently now: then it waits for the next token.
+        """
+
+        def put(self, value):
+            if value.dim() > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            if text.endswith("\ufffd"):
+                return
+            shown = getattr(self, "_shown", "")
+            if not text.startswith(shown):
+                return
+            printable = text[len(shown):]
+            self._shown = text
+            self.print_len = len(text)
+            if printable:
+                self.on_finalized_text(printable)
+
+    return TokenStreamer

@@ -1,0 +1,1 @@
+"""Teachers: the embedded default (a real model shipped inside a PyPI wheel)."""
