@@ -39,10 +39,12 @@ def cli() -> None:
 
 def _register() -> None:
     from lamini_serve.chat import chat
+    from lamini_serve.data.cli import data
     from lamini_serve.teacher.cli import teacher
 
     cli.add_command(teacher)
     cli.add_command(chat)
+    cli.add_command(data)
 
 
 _register()

@@ -94,9 +94,11 @@ class TorchEngine:
         return self.spec.render(messages, self.tokenizer)
 
     def encode(self, conversations: Sequence[Sequence[Message]]):
-        texts = [self.prompt_text(m) for m in conversations]
+        return self._encode_texts([self.prompt_text(m) for m in conversations])
+
+    def _encode_texts(self, texts: Sequence[str]):
         enc = self.tokenizer(
-            texts,
+            list(texts),
             return_tensors="pt",
             padding=True,
             add_special_tokens=self.spec.add_special_tokens,
@@ -137,12 +139,17 @@ class TorchEngine:
     # ---- generation ---------------------------------------------------------
     def generate(self, conversations: Sequence[Sequence[Message]], params: SamplingParams | None = None) -> list[Completion]:
         """Answer a batch of conversations in one padded `generate` call."""
+        return self._generate(self.encode(conversations), params or SamplingParams())
+
+    def complete(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Completion]:
+        """Continue plain texts (no prompt format, no chat template): a completions endpoint."""
+        return self._generate(self._encode_texts(prompts), params or SamplingParams())
+
+    def _generate(self, enc, params: SamplingParams) -> list[Completion]:
         import torch
 
-        params = params or SamplingParams()
-        if not conversations:
+        if enc["input_ids"].shape[0] == 0:
             return []
-        enc = self.encode(conversations)
         with torch.inference_mode():
             out = self.model.generate(**enc, **self._gen_kwargs(params))
         new = self._new_tokens(out, enc)

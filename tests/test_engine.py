@@ -73,3 +73,4 @@ def test_cut_and_hold_back():
 def test_sampling_params_refuse_nonsense(kw, match):
     with pytest.raises(LaminiError, match=match):
         SamplingParams(**kw)
+

@@ -1,0 +1,1 @@
+"""`lamini data`: seeds -> new instructions -> teacher answers -> a deduplicated dataset."""

@@ -1,0 +1,122 @@
+"""Seed instructions: the built-in set, or the user's (JSONL, CSV, Parquet, a hub dataset)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lamini_serve.errors import LaminiError
+
+BUILTIN = "builtin"
+
+
+@dataclass(frozen=True)
+class Seed:
+    instruction: str
+    input: str = ""
+    output: str = ""
+    category: str = ""
+
+
+def _resource(name: str) -> str:
+    return resources.files("lamini_serve.data").joinpath("resources", name).read_text(encoding="utf-8")
+
+
+def builtin_topics() -> list[str]:
+    return [t.strip() for t in _resource("topics.txt").splitlines() if t.strip()]
+
+
+def load_topics(source: str = BUILTIN) -> list[str]:
+    if source == BUILTIN:
+        return builtin_topics()
+    p = Path(source).expanduser()
+    if not p.is_file():
+        raise LaminiError(f"--topics {source}: no such file; pass a text file with one topic per line, or 'builtin'")
+    topics = [t.strip() for t in p.read_text(encoding="utf-8").splitlines() if t.strip() and not t.startswith("#")]
+    if len(topics) < 3:
+        raise LaminiError(f"--topics {source}: needs at least 3 topics (one per line), found {len(topics)}")
+    return topics
+
+
+def load_seeds(source: str = BUILTIN, columns: dict[str, str] | None = None, split: str = "train") -> list[Seed]:
+    """Seeds from 'builtin', a .jsonl/.json/.csv/.parquet file, or a hub dataset id.
+
+    `columns` maps our names (instruction, input, output) to the file's, e.g.
+    {"instruction": "prompt", "output": "completion"}.
+    """
+    columns = columns or {}
+    unknown = set(columns) - {"instruction", "input", "output"}
+    if unknown:
+        raise LaminiError(f"unknown column mapping {', '.join(sorted(unknown))}; map instruction, input or output")
+    if source == BUILTIN:
+        rows = _jsonl_rows(_resource("seeds.jsonl"), "built-in seeds")
+    else:
+        p = Path(source).expanduser()
+        if p.is_file():
+            suffix = p.suffix.lower()
+            if suffix in (".jsonl", ".json"):
+                text = p.read_text(encoding="utf-8")
+                rows = json.loads(text) if suffix == ".json" and text.lstrip().startswith("[") else _jsonl_rows(text, str(p))
+            elif suffix == ".csv":
+                with open(p, newline="", encoding="utf-8") as f:
+                    rows = list(csv.DictReader(f))
+            elif suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                rows = pq.read_table(p).to_pylist()
+            else:
+                raise LaminiError(f"{source}: unknown seed file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
+        elif p.exists() or source.startswith((".", "/", "~")):
+            raise LaminiError(f"{source}: no such seed file")
+        else:
+            rows = _hub_rows(source, split)
+    return _to_seeds(rows, columns, source)
+
+
+def _jsonl_rows(text: str, where: str) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LaminiError(f"{where} line {n} is not valid JSON ({exc.msg}); fix or remove that line") from None
+        if not isinstance(row, dict):
+            raise LaminiError(f"{where} line {n} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _hub_rows(dataset_id: str, split: str) -> list[dict[str, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise LaminiError(f"{dataset_id!r} is not a file; to read hub datasets install `datasets` (pip install datasets)") from None
+    try:
+        return list(datasets.load_dataset(dataset_id, split=split))
+    except Exception as exc:  # the hub raises many types; the message is what matters
+        raise LaminiError(f"could not load the dataset {dataset_id!r} ({type(exc).__name__}: {str(exc)[:160]}); "
+                          f"check the id and network, or pass a local file") from None
+
+
+def _to_seeds(rows: list[dict[str, Any]], columns: dict[str, str], where: str) -> list[Seed]:
+    col = {k: columns.get(k, k) for k in ("instruction", "input", "output")}
+    if rows and col["instruction"] not in rows[0]:
+        have = ", ".join(list(rows[0])[:12])
+        raise LaminiError(f"{where}: no column {col['instruction']!r} (columns: {have}); "
+                          f"map yours with --column instruction=NAME")
+    seeds = []
+    for n, row in enumerate(rows, 1):
+        text = row.get(col["instruction"])
+        if not isinstance(text, str) or not text.strip():
+            raise LaminiError(f"{where} row {n} has no {col['instruction']!r} text; fix or remove that row")
+        seeds.append(Seed(text.strip(), str(row.get(col["input"]) or "").strip(), str(row.get(col["output"]) or "").strip(),
+                          str(row.get("category") or "")))
+    if not seeds:
+        raise LaminiError(f"{where}: no seeds found")
+    return seeds

@@ -1,0 +1,128 @@
+"""Teachers behind one tiny interface: `run(requests, on_result)`.
+
+- `InProcessTeacher`: any ModelSpec (the embedded teacher by default) on torch,
+  fed whole padded batches, because batching is where a CPU finds its speed.
+- `HTTPTeacher`: any OpenAI-compatible endpoint (OpenAI, vLLM, `lamini serve`)
+  through the async client with limits and retries; a sliding window of tasks
+  keeps memory flat for millions of requests.
+
+Both call `on_result` as each unit completes, so the caller can store it at once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+from lamini_serve.errors import LaminiError
+from lamini_serve.teacher.client import ClientConfig, OpenAIClient, Request, Result
+
+OnResult = Callable[[Result], None]
+
+
+class InProcessTeacher:
+    kind = "in-process"
+
+    def __init__(self, name: str = "embedded", batch_size: int = 32, device: str = "auto", dtype: str = "auto"):
+        from lamini_serve.models import ModelSpec
+
+        self.spec = ModelSpec.resolve(name)
+        self.batch_size = batch_size
+        self.device, self.dtype = device, dtype
+        label = self.spec.metadata.get("display_name") or name
+        self.id = f"local:{label}"
+        # A teacher states which instruction-generation prompt it can follow (lamini.json).
+        self.style = self.spec.metadata.get("generation_style", "chat")
+        self._engine = None
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from lamini_serve.engine import TorchEngine
+
+            self._engine = TorchEngine(self.spec, device=self.device, dtype=self.dtype)
+        return self._engine
+
+    def run(self, requests: Iterable[Request], on_result: OnResult) -> None:
+        from lamini_serve.engine import SamplingParams
+
+        groups: dict[str, list[Request]] = {}
+        for r in requests:
+            # A per-request seed cannot hold inside a batch: requests that differ only by
+            # seed share one, so that they can be batched at all.
+            sampling = {k: v for k, v in r.payload.items() if k not in ("messages", "prompt", "seed")}
+            groups.setdefault(repr((r.kind, sorted(sampling.items()))), []).append(r)
+        for reqs in groups.values():
+            p = reqs[0].payload
+            params = SamplingParams(
+                max_new_tokens=int(p.get("max_tokens") or 256), temperature=float(p.get("temperature") or 0.0),
+                top_p=float(p.get("top_p") or 1.0), seed=p.get("seed"), stop=tuple(p.get("stop") or ()),
+                repetition_penalty=float(p.get("repetition_penalty") or 1.0),
+            )
+            # Similar prompt lengths in one batch waste less padding. (Refilling finished rows
+            # was tried: on a CPU the prefill it repeats costs more than the idle rows it saves.)
+            reqs = sorted(reqs, key=lambda r: len(r.payload.get("prompt") or str(r.payload.get("messages"))))
+            for i in range(0, len(reqs), self.batch_size):
+                batch = reqs[i:i + self.batch_size]
+                if batch[0].kind == "chat":
+                    outs = self.engine.generate([r.payload["messages"] for r in batch], params)
+                else:
+                    outs = self.engine.complete([r.payload["prompt"] for r in batch], params)
+                for r, c in zip(batch, outs):
+                    on_result(Result(r.key, c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason))
+
+
+class HTTPTeacher:
+    kind = "http"
+
+    def __init__(self, url: str, model: str, api_key_env: str = "OPENAI_API_KEY", style: str = "chat", **client_kw):
+        if not model:
+            raise LaminiError("--teacher-url needs --teacher-model: the model name the server knows")
+        self.config = ClientConfig(url, model, api_key=os.environ.get(api_key_env) or None, **client_kw)
+        self.id = f"{model}@{self.config.base_url}"
+        self.style = style
+        self.retries = 0
+
+    def run(self, requests: Iterable[Request], on_result: OnResult) -> None:
+        import asyncio
+
+        asyncio.run(self._run(requests, on_result))
+
+    async def _run(self, requests: Iterable[Request], on_result: OnResult) -> None:
+        import asyncio
+
+        window = self.config.concurrency * 2
+        it = iter(requests)
+        async with OpenAIClient(self.config) as client:
+            pending: set[asyncio.Task] = set()
+
+            def fill() -> None:
+                while len(pending) < window:
+                    req = next(it, None)
+                    if req is None:
+                        return
+                    pending.add(asyncio.create_task(client.send(req)))
+
+            fill()
+            try:
+                while pending:
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        pending.discard(task)
+                        result = task.result()  # TeacherFatal stops the run here
+                        self.retries = client.retries
+                        on_result(result)
+                    fill()
+            finally:
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
+
+
+def make_teacher(teacher: str = "embedded", url: str | None = None, model: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", batch_size: int = 32, device: str = "auto", **client_kw):
+    """The teacher a command asked for: an HTTP endpoint when a URL is given, else an in-process model."""
+    if url:
+        return HTTPTeacher(url, model or "", api_key_env=api_key_env, **client_kw)
+    return InProcessTeacher(teacher, batch_size=batch_size, device=device)

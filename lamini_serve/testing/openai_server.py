@@ -1,0 +1,189 @@
+"""A real HTTP server that speaks the OpenAI API and injects faults, for tests and benchmarks.
+
+It answers /v1/chat/completions and /v1/completions deterministically from the
+request (so two runs can be compared row for row), after a fixed latency, and
+fails on purpose on a seeded share of first attempts: 429 with Retry-After,
+500, a reply slower than the client's timeout, a truncated JSON body, garbage
+text, empty text. Retries of the same request succeed, as with a real flaky
+server, so a resumed run can finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+FAULTS = ("429", "500", "timeout", "truncated", "garbage", "empty")
+
+
+@dataclass
+class FaultPlan:
+    rates: dict[str, float] = field(default_factory=dict)  # fault -> share of first attempts
+    seed: int = 0
+    retry_after: float = 0.2
+    timeout_sleep: float = 3.0
+    faulty_attempts: int = 1  # faults hit only the first N attempts of a request
+
+    def pick(self, digest: str, attempt: int) -> str | None:
+        if attempt > self.faulty_attempts:
+            return None
+        u = random.Random(f"{self.seed}:{digest}:{attempt}").random()
+        acc = 0.0
+        for name in FAULTS:
+            acc += self.rates.get(name, 0.0)
+            if u < acc:
+                return name
+        return None
+
+
+def fake_instructions(prompt: str, n: int) -> list[str]:
+    """Deterministic, distinct, plausible-looking tasks derived from a prompt."""
+    h = hashlib.sha256(prompt.encode()).hexdigest()
+    verbs = ["Explain", "Describe", "Summarize", "List three facts about", "Write a short note on", "Compare"]
+    return [f"{verbs[int(h[i % 60:i % 60 + 2], 16) % len(verbs)]} subject {h[:10]}-{i}." for i in range(n)]
+
+
+def answer_for(kind: str, body: dict) -> str:
+    if kind == "chat":
+        text = "\n".join(m.get("content", "") for m in body.get("messages", []))
+    else:
+        text = body.get("prompt", "")
+    m = re.search(r"Generate (\d+)", text)
+    if m or "<example>" in text:
+        n = int(m.group(1)) if m else 20
+        return "\n".join(f"<example>{t}</example>" for t in fake_instructions(text, n))
+    if re.search(r"\n\d+\.\s*$", text):  # a numbered list to continue
+        start = int(re.search(r"(\d+)\.\s*$", text).group(1))
+        items = fake_instructions(text, 5)
+        return " " + items[0] + "".join(f"\n{start + i}. {t}" for i, t in enumerate(items[1:], 1)) + "\n\n"
+    last = body["messages"][-1]["content"] if kind == "chat" else text
+    return f"Here is a concise answer to: {last.strip()[:200]}"
+
+
+class FakeOpenAIServer:
+    """`with FakeOpenAIServer(latency=0.2, faults=FaultPlan({...})) as url: ...`
+
+    Runs an aiohttp server on its own event loop in a background thread.
+    """
+
+    def __init__(self, latency: float = 0.0, faults: FaultPlan | None = None, api_key: str | None = None,
+                 host: str = "127.0.0.1", port: int = 0):
+        self.latency = latency
+        self.faults = faults or FaultPlan()
+        self.api_key = api_key
+        self.host, self.port = host, port
+        self.attempts: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()  # outcome -> count
+        self.url = ""
+        self._loop = None
+        self._runner = None
+        self._thread = None
+
+    def app(self):
+        from aiohttp import web
+
+        async def handle(request: "web.Request"):
+            raw = await request.read()
+            if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                self.served["401"] += 1
+                return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
+            kind = "chat" if request.path.endswith("/chat/completions") else "completion"
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return web.json_response({"error": {"message": "bad json"}}, status=400)
+            digest = hashlib.sha256(raw).hexdigest()
+            self.attempts[digest] += 1
+            fault = self.faults.pick(digest, self.attempts[digest])
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            self.served[fault or "ok"] += 1
+            if fault == "429":
+                return web.json_response({"error": {"message": "rate limited"}}, status=429,
+                                         headers={"Retry-After": str(self.faults.retry_after)})
+            if fault == "500":
+                return web.json_response({"error": {"message": "internal error"}}, status=500)
+            if fault == "timeout":
+                await asyncio.sleep(self.faults.timeout_sleep)
+            text = answer_for(kind, body)
+            if fault == "garbage":
+                text = "\ufffd\x00#%$@!" * 3
+            elif fault == "empty":
+                text = ""
+            choice = {"index": 0, "finish_reason": "stop"}
+            if kind == "chat":
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            n_prompt, n_out = len(raw) // 4, max(1, len(text) // 4)
+            data = json.dumps({
+                "id": "fake-" + digest[:12], "object": "chat.completion" if kind == "chat" else "text_completion",
+                "model": body.get("model"), "choices": [choice],
+                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out},
+            }).encode()
+            if fault == "truncated":
+                data = data[: len(data) // 2]
+            return web.Response(body=data, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        app.router.add_post("/v1/completions", handle)
+        return app
+
+    async def _start(self) -> None:
+        from aiohttp import web
+
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{port}/v1"
+
+    def __enter__(self) -> str:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._start())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        try:
+            fut.result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
+def main() -> None:  # python -m lamini_serve.testing.openai_server --port 8001
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Serve the fault-injecting fake OpenAI API.")
+    ap.add_argument("--port", type=int, default=8001)
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--fault", action="append", default=[], help="NAME=RATE, e.g. 429=0.1")
+    ap.add_argument("--api-key", default=None)
+    args = ap.parse_args()
+    rates = {k: float(v) for k, v in (f.split("=") for f in args.fault)}
+    srv = FakeOpenAIServer(args.latency, FaultPlan(rates), api_key=args.api_key, port=args.port)
+    with srv as url:
+        print(f"serving {url}", flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
