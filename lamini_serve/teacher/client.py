@@ -143,6 +143,7 @@ class OpenAIClient:
         self.rpm = RateLimiter(config.requests_per_minute) if config.requests_per_minute else None
         self.tpm = RateLimiter(config.tokens_per_minute) if config.tokens_per_minute else None
         self.retries = 0  # total retries, for progress displays
+        self.fatal: TeacherFatal | None = None  # once set, nothing more is sent
         self._client = None
 
     async def __aenter__(self) -> "OpenAIClient":
@@ -167,18 +168,24 @@ class OpenAIClient:
             attempt = 0
             while True:
                 attempt += 1
+                if self.fatal is not None:
+                    raise self.fatal
                 try:
                     res = await self._once(req)
                     res.attempts = attempt
                     return res
+                except TeacherFatal as exc:
+                    self.fatal = exc
+                    raise
                 except _Retry as r:
                     if attempt > self.config.max_retries:
                         if r.down:
-                            raise TeacherFatal(
+                            self.fatal = TeacherFatal(
                                 f"the teacher at {self.config.base_url} is unreachable ({r.why}) after "
                                 f"{self.config.max_retries} retries; start it or fix --teacher-url, then rerun "
                                 f"the same command: finished rows are kept"
-                            ) from None
+                            )
+                            raise self.fatal from None
                         return Result(req.key, None, error=r.why, attempts=attempt)
                     self.retries += 1
                     delay = random.uniform(0, min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1)))
