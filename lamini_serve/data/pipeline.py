@@ -206,10 +206,11 @@ def run_data(cfg: DataConfig, teacher, log=lambda m: print(m, file=sys.stderr, f
     write_run_record(run_dir, cfg, teacher.id)
     counters = Counters()
     with Store(run_dir / "store.sqlite") as store:
-        # 1. The seeds themselves are instructions of the dataset (one pseudo-call holds them).
+        # 1. The seeds (one pseudo-call holds them): generated rows are deduplicated against
+        # them always; they join the dataset only with --answer-seeds.
         seed_texts = [with_input(s.instruction, s.input) for s in seeds]
         seed_key = stable_hash({"stage": "seeds", "seeds": seed_texts})
-        if cfg.answer_seeds and seed_key not in store.keys("calls"):
+        if seed_key not in store.keys("calls"):
             store.add_call(seed_key, "seeds", "seed", "", seed_texts)
 
         # 2. New instructions.
@@ -231,10 +232,13 @@ def run_data(cfg: DataConfig, teacher, log=lambda m: print(m, file=sys.stderr, f
                           "generating instructions", "calls")
 
         # 3. Filters and dedup over the pool (seeds first, so they win over look-alikes).
-        wanted_calls = {p.request.key for p in plan} | ({seed_key} if cfg.answer_seeds else set())
+        wanted_calls = {p.request.key for p in plan} | {seed_key}
         pool = [r for r in store.instructions() if r["call_key"] in wanted_calls]
         pool.sort(key=lambda r: (r["source"] != "seed",))
         reasons = screen(pool, cfg)
+        if not cfg.answer_seeds:  # the seeds served as the reference for dedup; they leave now
+            kept = [(r, w) for r, w in zip(pool, reasons) if r["source"] != "seed"]
+            pool, reasons = [r for r, _ in kept], [w for _, w in kept]
 
         # 4. Answers.
         keep = [r for r, why in zip(pool, reasons) if why is None]

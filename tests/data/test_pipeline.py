@@ -142,3 +142,16 @@ def test_import_runs_the_same_dedup_and_filters(tmp_path):
     kept = _rows(tmp_path / "out")
     assert [k["instruction"] for k in kept] == ["Explain photosynthesis simply.", "List three uses of copper in houses."]
     assert kept[0]["response"] == "Plants make food from light."
+
+
+def test_generated_copies_of_seeds_are_dropped_even_when_seeds_are_not_answered(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in
+                             ["Name three primary colours.", "What is the boiling point of water?", "Write a haiku about rain."]))
+    with FakeOpenAIServer() as url:
+        cfg = DataConfig(out=str(tmp_path / "run"), seeds=str(seeds), calls=2, topic_calls=0, stats=False)
+        teacher = HTTPTeacher(url, "fake")
+        summary = run_data(cfg, teacher, log=lambda m: None)
+    rows = _rows(tmp_path / "run")
+    assert rows and all(r["instruction_source"] == "example_guided" for r in rows)
+    assert summary["unanswered"] == 0
