@@ -41,10 +41,12 @@ def _register() -> None:
     from lamini_serve.chat import chat
     from lamini_serve.data.cli import data
     from lamini_serve.teacher.cli import teacher
+    from lamini_serve.train.cli import train
 
     cli.add_command(teacher)
     cli.add_command(chat)
     cli.add_command(data)
+    cli.add_command(train)
 
 
 _register()

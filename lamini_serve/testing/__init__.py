@@ -67,7 +67,8 @@ INIT_STD = 0.3
 T5_INIT_FACTOR = 8.0
 
 
-def _config(kind: str, vocab: int, eos: int, pad: int, bos: int):
+def _config(kind: str, vocab: int, eos: int, pad: int, bos: int, wide: bool = True):
+    std, factor = (INIT_STD, T5_INIT_FACTOR) if wide else (0.02, 1.0)
     from transformers import GPT2Config, LlamaConfig, T5Config
 
     if kind == "llama":
@@ -75,18 +76,18 @@ def _config(kind: str, vocab: int, eos: int, pad: int, bos: int):
             vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
             bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=False,
-            initializer_range=INIT_STD,
+            initializer_range=std,
         )
     if kind == "gpt2":
         return GPT2Config(
             vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=512,
-            bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, initializer_range=INIT_STD,
+            bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, initializer_range=std,
         )
     if kind == "t5":
         return T5Config(
             vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
             num_heads=4, eos_token_id=eos, pad_token_id=pad, decoder_start_token_id=pad,
-            initializer_factor=T5_INIT_FACTOR, tie_word_embeddings=False,
+            initializer_factor=factor, tie_word_embeddings=False,
         )
     raise ValueError(f"unknown tiny model kind {kind!r}; use llama, gpt2 or t5")
 
@@ -102,10 +103,12 @@ def make_tiny_model(
     seed: int = 0,
     prompt_format: PromptFormat | str | None = "default",
     tokenizer=None,
+    wide_init: bool = True,
 ) -> Path:
     """Write a tiny random-weight checkpoint of `kind` (llama, gpt2, t5) to `out`.
 
     `prompt_format=None` writes no lamini.json (a plain transformers checkpoint).
+    `wide_init=False` uses the usual small initialization (what training tests want).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -113,7 +116,7 @@ def make_tiny_model(
     out = Path(out)
     tok = tokenizer or build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    cfg = _config(kind, len(tok), eos=ids["<|im_end|>"], pad=ids["<pad>"], bos=ids["<|im_start|>"])
+    cfg = _config(kind, len(tok), eos=ids["<|im_end|>"], pad=ids["<pad>"], bos=ids["<|im_start|>"], wide=wide_init)
     torch.manual_seed(seed)
     family = Family.SEQ2SEQ if kind == "t5" else Family.CAUSAL
     cls = AutoModelForSeq2SeqLM if family is Family.SEQ2SEQ else AutoModelForCausalLM

@@ -1,0 +1,191 @@
+"""Training examples for both families, with loss only on the answer, and packing.
+
+Decoder-only: the student's prompt (the format it will be served with, rendered by
+ModelSpec exactly as at inference) + the answer + EOS; labels are -100 on the
+prompt. Packing puts several examples in one row and keeps them apart with a
+block-diagonal causal mask and positions that restart at each example, so no
+token attends across examples and no label leaks.
+
+Encoder-decoder: the instruction (raw) -> the answer + EOS.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from lamini_serve.errors import LaminiError
+from lamini_serve.models import Family, ModelSpec
+from lamini_serve.prompts import ALPACA_RESPONSE_PREFIX, PromptFormat
+
+IGNORE = -100
+
+
+def load_pairs(dataset: str) -> list[dict[str, str]]:
+    """(instruction, response) rows from a Parquet/JSONL file, a `lamini data` run folder, or a hub dataset."""
+    p = Path(dataset).expanduser()
+    if p.is_dir():
+        p = p / "dataset.parquet"
+    if p.is_file():
+        if p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(p).to_pylist()
+        elif p.suffix in (".jsonl", ".json"):
+            rows = []
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        raise LaminiError(f"{p} line {n} is not valid JSON; fix or remove it") from None
+        else:
+            raise LaminiError(f"{dataset}: use a .parquet or .jsonl file, a run folder of `lamini data`, or a hub id")
+    elif dataset.startswith((".", "/", "~")) or p.suffix in (".parquet", ".jsonl"):
+        raise LaminiError(f"{dataset}: no such dataset; make one with `lamini data run`")
+    else:
+        try:
+            import datasets
+
+            rows = list(datasets.load_dataset(dataset, split="train"))
+        except Exception as exc:  # many hub error types; the message matters
+            raise LaminiError(f"could not load dataset {dataset!r} ({type(exc).__name__}); check the id and network, "
+                              f"or pass a local file") from None
+    if not rows:
+        raise LaminiError(f"{dataset}: the dataset is empty")
+    missing = {"instruction", "response"} - set(rows[0])
+    if missing:
+        raise LaminiError(f"{dataset}: missing column(s) {', '.join(sorted(missing))}; "
+                          f"a training set needs instruction and response (columns: {', '.join(list(rows[0])[:10])})")
+    return [{"instruction": str(r["instruction"]), "response": str(r["response"])} for r in rows
+            if r.get("instruction") and r.get("response")]
+
+
+def split_pairs(pairs: list[dict[str, str]], eval_share: float, seed: int) -> tuple[list, list]:
+    rows = list(pairs)
+    random.Random(seed).shuffle(rows)
+    n_eval = int(round(len(rows) * eval_share)) if eval_share > 0 else 0
+    n_eval = min(max(n_eval, 1 if eval_share > 0 and len(rows) > 10 else 0), 64)
+    return rows[n_eval:], rows[:n_eval]
+
+
+def _eos_id(tok) -> int:
+    if tok.eos_token_id is None:
+        raise LaminiError("the student's tokenizer has no end-of-sequence token; set eos_token in its tokenizer_config.json")
+    return tok.eos_token_id
+
+
+def encode_causal(pairs: Sequence[dict[str, str]], spec: ModelSpec, tok, max_length: int) -> list[dict[str, list[int]]]:
+    """input_ids and labels (-100 on the prompt) for each pair; too-long prompts are skipped."""
+    out = []
+    eos = _eos_id(tok)
+    prefix = ALPACA_RESPONSE_PREFIX if spec.prompt_format is PromptFormat.ALPACA else ""
+    for p in pairs:
+        prompt = spec.prompt(p["instruction"], tok)
+        prompt_ids = tok(prompt, add_special_tokens=spec.add_special_tokens)["input_ids"]
+        answer_ids = tok(prefix + p["response"].strip(), add_special_tokens=False)["input_ids"] + [eos]
+        if len(prompt_ids) >= max_length - 1:
+            continue
+        ids = (prompt_ids + answer_ids)[:max_length]
+        labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:max_length]
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def encode_seq2seq(pairs: Sequence[dict[str, str]], spec: ModelSpec, tok, max_length: int) -> list[dict[str, list[int]]]:
+    out = []
+    eos = _eos_id(tok)
+    for p in pairs:
+        ids = tok(spec.prompt(p["instruction"], tok), add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        labels = tok(p["response"].strip(), add_special_tokens=True, truncation=True, max_length=max_length - 1)["input_ids"]
+        if not labels or labels[-1] != eos:
+            labels = labels + [eos]
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def pack(examples: Sequence[dict[str, list[int]]], max_length: int, seed: int = 0) -> list[dict[str, list[int]]]:
+    """First-fit-decreasing packing into rows of at most max_length tokens.
+
+    Each row keeps `seq_lens` so the collator can build a block-diagonal mask and
+    positions restarting at 0 for each example.
+    """
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    rows: list[dict[str, list]] = []
+    space: list[int] = []
+    for i in order:
+        ex = examples[i]
+        n = len(ex["input_ids"])
+        for r, free in enumerate(space):
+            if free >= n:
+                break
+        else:
+            rows.append({"input_ids": [], "labels": [], "seq_lens": []})
+            space.append(max_length)
+            r = len(rows) - 1
+        rows[r]["input_ids"] += ex["input_ids"]
+        rows[r]["labels"] += ex["labels"]
+        rows[r]["seq_lens"].append(n)
+        space[r] -= n
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+@dataclass
+class CausalCollator:
+    """Pads a batch; packed rows get a 4D block-diagonal causal mask and restarting positions."""
+
+    pad_id: int
+    dtype: Any = None
+
+    def __call__(self, batch: list[dict[str, list]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+        if "seq_lens" not in batch[0]:
+            mask = (torch.arange(width)[None, :] < torch.tensor([len(b["input_ids"]) for b in batch])[:, None]).long()
+            return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        dtype = self.dtype or torch.float32
+        neg = torch.finfo(dtype).min
+        mask4 = torch.full((len(batch), 1, width, width), neg, dtype=dtype)
+        pos = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            start = 0
+            for n in b["seq_lens"]:
+                block = torch.tril(torch.ones(n, n, dtype=torch.bool))
+                mask4[i, 0, start:start + n, start:start + n].masked_fill_(block, 0.0)
+                pos[i, start:start + n] = torch.arange(n)
+                start += n
+            # padding rows attend to themselves only, so softmax stays finite
+            for j in range(start, width):
+                mask4[i, 0, j, j] = 0.0
+        return {"input_ids": ids, "attention_mask": mask4, "position_ids": pos, "labels": labels}
+
+
+def count_tokens(rows: Sequence[dict[str, list[int]]]) -> tuple[int, int]:
+    """(real tokens, label tokens) of encoded rows."""
+    return sum(len(r["input_ids"]) for r in rows), sum(sum(1 for x in r["labels"] if x != IGNORE) for r in rows)
+
+
+class ListDataset:
+    def __init__(self, rows: list[dict[str, list]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list]:
+        return self.rows[i]
+
+
+def family_encoder(family: Family):
+    return encode_causal if family is Family.CAUSAL else encode_seq2seq

@@ -1,0 +1,276 @@
+"""Herd recipes: YAML validated on load, with errors that name the key and the fix.
+
+    dataset: runs/data/dataset.parquet     # or a hub dataset id
+    output: runs/herd
+    teacher: embedded                      # for students built from it and for word-level KD
+    defaults: {epochs: 5, effective_batch_size: 1024, ...}
+    students:
+      - name: flan-t5-small
+        base: google/flan-t5-small
+      - name: smol-6l
+        init: {from_teacher: true, layers: 6}
+        learning_rate: 1.0e-4
+
+Defaults follow the LaMini-LM paper: 5 epochs, effective batch 1024 (reached by
+gradient accumulation whatever the device count), AdamW, 5e-4 for encoder-decoder
+and 2e-5 for decoder-only students, linear decay with 3% warmup, max length 512,
+seed 42.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lamini_serve.errors import LaminiError
+
+
+@dataclass
+class TrainArgs:
+    """Hyperparameters; any of them may be overridden per student."""
+
+    epochs: float = 5
+    effective_batch_size: int = 1024  # per optimizer step, across devices and accumulation
+    per_device_batch_size: int = 8
+    learning_rate: float | None = None  # None: 5e-4 for seq2seq, 2e-5 for causal students
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_length: int = 512
+    seed: int = 42
+    packing: bool = True  # decoder-only: several examples per row, attention kept within each
+    gradient_checkpointing: bool = False
+    bf16: str = "auto"  # auto | true | false
+    save_steps: int = 200
+    logging_steps: int = 10
+    max_steps: int = -1  # > 0 caps the run (smoke tests, quick looks)
+    eval_share: float = 0.02  # held out from the dataset for the before/after comparison
+
+    def check(self, where: str) -> None:
+        def bad(msg: str) -> LaminiError:
+            return LaminiError(f"{where}: {msg}")
+
+        if self.epochs <= 0:
+            raise bad(f"epochs must be > 0, got {self.epochs}")
+        if self.effective_batch_size < 1 or self.per_device_batch_size < 1:
+            raise bad("effective_batch_size and per_device_batch_size must be >= 1")
+        if self.per_device_batch_size > self.effective_batch_size:
+            raise bad(f"per_device_batch_size ({self.per_device_batch_size}) is larger than effective_batch_size "
+                      f"({self.effective_batch_size})")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise bad(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise bad(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_length < 16:
+            raise bad(f"max_length must be >= 16, got {self.max_length}")
+        if self.bf16 not in ("auto", "true", "false"):
+            raise bad(f"bf16 must be auto, true or false, got {self.bf16!r}")
+        if not 0 <= self.eval_share < 0.5:
+            raise bad(f"eval_share must be in [0, 0.5), got {self.eval_share}")
+
+
+@dataclass
+class InitSpec:
+    """How a student's weights start: its base checkpoint, or layers kept from the teacher."""
+
+    from_teacher: bool = False
+    layers: int | None = None  # with from_teacher: how many of the teacher's layers, evenly spaced
+    from_config: dict[str, Any] | None = None  # a fresh model of this config (e.g. a small T5) trained from scratch
+
+    def check(self, where: str) -> None:
+        if self.from_teacher and (self.layers is None or self.layers < 1):
+            raise LaminiError(f"{where}: init.from_teacher needs init.layers >= 1 (how many teacher layers to keep)")
+        if self.layers is not None and not self.from_teacher:
+            raise LaminiError(f"{where}: init.layers only applies with init.from_teacher: true")
+        if self.from_teacher and self.from_config:
+            raise LaminiError(f"{where}: choose one of init.from_teacher and init.from_config")
+
+
+@dataclass
+class KDSpec:
+    """Word-level distillation against the teacher's logits (beyond the paper)."""
+
+    weight: float = 0.5  # loss = (1 - weight) * cross-entropy + weight * divergence
+    divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd
+    temperature: float = 1.0
+    beta: float = 0.5  # the mixture weight of generalized JSD
+
+    def check(self, where: str) -> None:
+        if not 0 <= self.weight <= 1:
+            raise LaminiError(f"{where}: kd.weight must be in [0, 1], got {self.weight}")
+        if self.divergence not in ("forward_kl", "reverse_kl", "jsd"):
+            raise LaminiError(f"{where}: kd.divergence must be forward_kl, reverse_kl or jsd, got {self.divergence!r}")
+        if self.temperature <= 0:
+            raise LaminiError(f"{where}: kd.temperature must be > 0")
+        if not 0 < self.beta < 1:
+            raise LaminiError(f"{where}: kd.beta must be in (0, 1)")
+
+
+@dataclass
+class Student:
+    name: str
+    base: str | None = None  # a hub id or a checkpoint folder
+    init: InitSpec = field(default_factory=InitSpec)
+    prompt_format: str | None = None  # default: raw for seq2seq, alpaca for causal (chat when built from a chat teacher)
+    kd: KDSpec | None = None
+    args: TrainArgs = field(default_factory=TrainArgs)
+
+
+@dataclass
+class Recipe:
+    dataset: str
+    output: str
+    students: list[Student]
+    teacher: str = "embedded"
+    defaults: TrainArgs = field(default_factory=TrainArgs)
+    source: str = ""  # the file it came from
+
+    def student(self, name: str) -> Student:
+        for s in self.students:
+            if s.name == name:
+                return s
+        raise LaminiError(f"no student named {name!r} in {self.source or 'the recipe'}; "
+                          f"it has: {', '.join(s.name for s in self.students)}")
+
+
+_ARG_FIELDS = {f.name: f for f in dataclasses.fields(TrainArgs)}
+
+
+def _typed(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently coerce) one YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _typed(value, a, where)
+            except LaminiError:
+                continue
+        raise LaminiError(f"{where}: expected {' or '.join(getattr(a, '__name__', str(a)) for a in args)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise LaminiError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise LaminiError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 5e-4 (no dot) as a string
+            except ValueError:
+                pass
+        raise LaminiError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, bool):
+            return "true" if value else "false"  # bf16: true
+        if isinstance(value, str):
+            return value
+        raise LaminiError(f"{where}: expected text, got {value!r}")
+    if origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return value
+        raise LaminiError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def _build(cls, data: Any, where: str, skip: tuple[str, ...] = ()):
+    if not isinstance(data, dict):
+        raise LaminiError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - set(skip)
+    unknown = set(data) - names
+    if unknown:
+        raise LaminiError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(names))}")
+    return cls(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
+    if not isinstance(data, dict):
+        raise LaminiError(f"{source}: a recipe is a mapping with dataset, output and students")
+    top = {"dataset", "output", "students", "teacher", "defaults"}
+    unknown = set(data) - top
+    if unknown:
+        raise LaminiError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(top))}")
+    for key in ("dataset", "output", "students"):
+        if key not in data:
+            raise LaminiError(f"{source}: missing {key!r}")
+    defaults = _build(TrainArgs, data.get("defaults") or {}, f"{source}: defaults")
+    defaults.check(f"{source}: defaults")
+    if not isinstance(data["students"], list) or not data["students"]:
+        raise LaminiError(f"{source}: students must be a non-empty list")
+    students, seen = [], set()
+    for i, raw in enumerate(data["students"]):
+        where = f"{source}: students[{i}]"
+        if not isinstance(raw, dict):
+            raise LaminiError(f"{where}: expected a mapping with name and base")
+        allowed = {"name", "base", "init", "prompt_format", "kd"} | set(_ARG_FIELDS)
+        unknown = set(raw) - allowed
+        if unknown:
+            raise LaminiError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise LaminiError(f"{where}: needs a name (text without '/'), got {name!r}")
+        if name in seen:
+            raise LaminiError(f"{where}: the name {name!r} is used twice")
+        seen.add(name)
+        where = f"{source}: student {name}"
+        init = _build(InitSpec, raw.get("init") or {}, f"{where}: init")
+        init.check(where)
+        base = raw.get("base")
+        if base is not None and not isinstance(base, str):
+            raise LaminiError(f"{where}: base must be a hub id or a folder, got {base!r}")
+        if (base is None) == (not init.from_teacher and not init.from_config):
+            if base is None:
+                raise LaminiError(f"{where}: needs a base (hub id or folder), or init.from_teacher / init.from_config")
+            raise LaminiError(f"{where}: give either a base or an init that builds the model, not both")
+        kd = _build(KDSpec, raw["kd"], f"{where}: kd") if raw.get("kd") is not None else None
+        if kd:
+            kd.check(where)
+        fmt = raw.get("prompt_format")
+        if fmt is not None and fmt not in ("raw", "alpaca", "chat"):
+            raise LaminiError(f"{where}: prompt_format must be raw, alpaca or chat, got {fmt!r}")
+        overrides = {k: _typed(v, typing.get_type_hints(TrainArgs)[k], f"{where}.{k}") for k, v in raw.items() if k in _ARG_FIELDS}
+        args = dataclasses.replace(defaults, **overrides)
+        args.check(where)
+        students.append(Student(name=name, base=base, init=init, prompt_format=fmt, kd=kd, args=args))
+    for key in ("dataset", "output", "teacher"):
+        if key in data and not isinstance(data[key], str):
+            raise LaminiError(f"{source}: {key} must be text, got {data[key]!r}")
+    return Recipe(dataset=data["dataset"], output=data["output"], students=students,
+                  teacher=data.get("teacher", "embedded"), defaults=defaults, source=source)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file (a shipped name such as `quickstart-cpu` works too)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        shipped = shipped_recipes().get(str(path).removesuffix(".yaml"))
+        if shipped is None:
+            raise LaminiError(f"{path}: no such recipe file; shipped recipes: {', '.join(sorted(shipped_recipes()))}")
+        p = shipped
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise LaminiError(f"{p} is not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    return parse_recipe(data, str(p))
+
+
+def shipped_recipes() -> dict[str, Path]:
+    from importlib import resources
+
+    folder = resources.files("lamini_serve").joinpath("recipes")
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}

@@ -1,0 +1,199 @@
+"""Train one student with the transformers Trainer (under accelerate when launched so)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lamini_serve.errors import LaminiError
+from lamini_serve.models import Family, write_metadata
+from lamini_serve.train.data import (CausalCollator, ListDataset, count_tokens, family_encoder, load_pairs, pack,
+                                     split_pairs)
+from lamini_serve.train.recipe import Recipe, Student
+
+FAMILY_LR = {Family.SEQ2SEQ: 5e-4, Family.CAUSAL: 2e-5}
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def grad_accum(effective: int, per_device: int, world: int) -> int:
+    """Accumulation steps so that per_device x world x steps reaches the effective batch (at least 1)."""
+    return max(1, math.ceil(effective / (per_device * world)))
+
+
+def use_bf16(flag: str) -> bool:
+    import torch
+
+    if flag == "false":
+        return False
+    ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if flag == "true" and not ok:
+        raise LaminiError("bf16: true needs a GPU with bfloat16 support; set bf16: auto or false")
+    return ok
+
+
+class _JsonlLogger:
+    def __new__(cls, path: Path):
+        from transformers import TrainerCallback
+
+        class Logger(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                if state.is_world_process_zero and logs:
+                    with open(path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+        return Logger()
+
+
+def answers(model, tok, spec, instructions: list[str], max_new_tokens: int = 64) -> list[str]:
+    """Greedy answers of an in-memory model (for the before/after comparison)."""
+    from lamini_serve.engine import SamplingParams, TorchEngine
+
+    eng = TorchEngine.__new__(TorchEngine)
+    eng.spec, eng.tokenizer, eng.model, eng.device = spec, tok, model.eval(), model.device
+    side = tok.padding_side
+    tok.padding_side = "left" if spec.family is Family.CAUSAL else "right"
+    eng._eos = eng._eos_ids()
+    out = []
+    for i in range(0, len(instructions), 16):
+        convs = [[{"role": "user", "content": t}] for t in instructions[i:i + 16]]
+        out += [c.text for c in eng.generate(convs, SamplingParams(max_new_tokens=max_new_tokens, repetition_penalty=1.1))]
+    tok.padding_side = side
+    model.train()
+    return out
+
+
+def train_student(recipe: Recipe, student: Student, resume: bool = False, compare: int = 32,
+                  log=lambda m: print(m, file=sys.stderr, flush=True)) -> dict[str, Any]:
+    """Fine-tune one student and save it atomically to output/<name>; returns its summary."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from lamini_serve.paths import atomic_dir
+    from lamini_serve.train.metrics import plot_curve, rouge_l
+    from lamini_serve.train.students import build_student
+
+    args = student.args
+    out_root = Path(recipe.output)
+    final = out_root / student.name
+    work = out_root / ".work" / student.name
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+
+    pairs = load_pairs(recipe.dataset)
+    train_pairs, held_out = split_pairs(pairs, args.eval_share, args.seed)
+    model, tok, spec = build_student(student, recipe.teacher)
+    lr = args.learning_rate or FAMILY_LR[spec.family]
+    encode = family_encoder(spec.family)
+    rows = encode(train_pairs, spec, tok, args.max_length)
+    if not rows:
+        raise LaminiError(f"{student.name}: no training example fits max_length {args.max_length}")
+    real_tokens, label_tokens = count_tokens(rows)
+    packed = spec.family is Family.CAUSAL and args.packing
+    if packed:
+        rows = pack(rows, args.max_length, args.seed)
+    collator = (CausalCollator(pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+                if spec.family is Family.CAUSAL else
+                DataCollatorForSeq2Seq(tok, model=model, label_pad_token_id=-100, padding=True))
+    world = world_size()
+    accum = grad_accum(args.effective_batch_size, args.per_device_batch_size, world)
+    compare_set = held_out[:compare]
+    before = []
+    if compare_set and is_main():
+        log(f"{student.name}: answering {len(compare_set)} held-out instructions before training")
+        before = answers(model, tok, spec, [p["instruction"] for p in compare_set])
+
+    metrics_path = work / "metrics.jsonl"
+    report = ["tensorboard"] if _has_tensorboard() else []
+    targs = TrainingArguments(
+        output_dir=str(work / "checkpoints"), per_device_train_batch_size=args.per_device_batch_size,
+        gradient_accumulation_steps=accum, learning_rate=lr, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, lr_scheduler_type="linear", num_train_epochs=args.epochs,
+        max_steps=args.max_steps, seed=args.seed, bf16=use_bf16(args.bf16), logging_steps=args.logging_steps,
+        save_steps=args.save_steps, save_total_limit=2, report_to=report, logging_dir=str(work / "tensorboard"),
+        remove_unused_columns=False, dataloader_num_workers=0, optim="adamw_torch",
+        gradient_checkpointing=args.gradient_checkpointing, group_by_length=spec.family is Family.SEQ2SEQ,
+        disable_tqdm=not sys.stderr.isatty(), use_cpu=not torch.cuda.is_available(), save_safetensors=True,
+    )
+    trainer = Trainer(model=model, args=targs, train_dataset=ListDataset(rows), data_collator=collator,
+                      callbacks=[_JsonlLogger(metrics_path)])
+    checkpoints = sorted((work / "checkpoints").glob("checkpoint-*")) if resume else []
+    if resume and not checkpoints:
+        log(f"{student.name}: no checkpoint to resume from in {work / 'checkpoints'}; starting afresh")
+    log(f"{student.name}: {spec.family.value}, {len(rows)} {'packed rows' if packed else 'examples'} "
+        f"({real_tokens} tokens, {label_tokens} trained on), lr {lr}, batch {args.per_device_batch_size} x {world} "
+        f"x {accum} accumulation")
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=True if checkpoints else None)
+    seconds = time.time() - t0
+    summary: dict[str, Any] = {
+        "student": student.name, "family": spec.family.value, "prompt_format": spec.prompt_format.value,
+        "base": student.base or ("teacher layers" if student.init.from_teacher else "from config"),
+        "train_loss": round(float(result.training_loss), 4), "steps": trainer.state.global_step,
+        "seconds": round(seconds, 1), "examples": len(train_pairs), "tokens": real_tokens, "learning_rate": lr,
+        "effective_batch": args.per_device_batch_size * world * accum, "packing": packed,
+    }
+    if not is_main():
+        return summary
+    if compare_set:
+        after = answers(trainer.model, tok, spec, [p["instruction"] for p in compare_set])
+        ref = [p["response"] for p in compare_set]
+        summary["rouge_l_before"] = round(sum(map(rouge_l, before, ref)) / len(ref), 4)
+        summary["rouge_l_after"] = round(sum(map(rouge_l, after, ref)) / len(ref), 4)
+        summary["compared_on"] = len(ref)
+    with atomic_dir(final, overwrite=True) as staging:
+        trainer.model.save_pretrained(staging, safe_serialization=True)
+        tok.padding_side = "right"
+        tok.save_pretrained(staging)
+        write_metadata(staging, spec.family, spec.prompt_format, role="student", student=student.name,
+                       base=summary["base"], training=summary,
+                       args=dataclasses.asdict(args) | {"learning_rate": lr})
+        plotted = plot_curve(metrics_path, staging / "training_curve.png", f"{student.name}: training loss")
+        (staging / "metrics.jsonl").write_bytes(metrics_path.read_bytes() if metrics_path.exists() else b"")
+        (staging / "README.md").write_text(model_card(student, summary, recipe, plotted), encoding="utf-8")
+        if Path(recipe.source).is_file():
+            (staging / "recipe.yaml").write_text(Path(recipe.source).read_text(encoding="utf-8"), encoding="utf-8")
+    log(f"{student.name}: saved to {final} (loss {summary['train_loss']}, {seconds:.0f} s)")
+    return summary
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def model_card(student: Student, s: dict[str, Any], recipe: Recipe, plotted: bool) -> str:
+    lines = [
+        f"# {student.name}", "",
+        f"A LaMini-style student distilled with lamini-serve from the answers of `{recipe.teacher}`.", "",
+        "| | |", "| --- | --- |",
+        f"| family | {s['family']} |", f"| prompt format | {s['prompt_format']} |", f"| initial weights | {s['base']} |",
+        f"| training examples | {s['examples']} ({s['tokens']} tokens) |", f"| dataset | `{recipe.dataset}` |",
+        f"| steps | {s['steps']} |", f"| effective batch | {s['effective_batch']} |", f"| learning rate | {s['learning_rate']} |",
+        f"| packing | {s['packing']} |", f"| final training loss | {s['train_loss']} |", f"| time | {s['seconds']} s |",
+    ]
+    if "rouge_l_after" in s:
+        lines.append(f"| ROUGE-L vs the teacher on {s['compared_on']} held-out instructions | "
+                     f"{s['rouge_l_before']} before, {s['rouge_l_after']} after |")
+    if student.init.from_config:
+        lines += ["", "Built from a config and trained from scratch on a small dataset: it shows that the "
+                      "encoder-decoder path works end to end, not answer quality."]
+    if plotted:
+        lines += ["", "![training curve](training_curve.png)"]
+    lines += ["", "Use it: `lamini chat " + student.name + "` from the herd folder, or load it with transformers.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+import json
+
+import pytest
+import torch
+
+from lamini_serve.models import ModelSpec
+from lamini_serve.prompts import PromptFormat
+from lamini_serve.train.data import IGNORE, CausalCollator, encode_causal, encode_seq2seq, pack
+from lamini_serve.train.recipe import parse_recipe
+from lamini_serve.train.students import evenly_spaced, student_from_teacher
+from lamini_serve.train.trainer import grad_accum, train_student
+
+PAIRS = [{"instruction": f"Name fact {i} about the sea.", "response": f"The sea fact {i} is wet and blue."} for i in range(24)]
+
+
+def test_loss_mask_covers_exactly_the_answer(tiny_models, tiny_tokenizer):
+    for kind in ("gpt2", "llama"):
+        spec = ModelSpec.resolve(tiny_models[kind])
+        [ex] = encode_causal(PAIRS[:1], spec, tiny_tokenizer, 256)
+        answer = [t for t in ex["labels"] if t != IGNORE]
+        n_prompt = ex["labels"].index(answer[0])
+        assert all(t == IGNORE for t in ex["labels"][:n_prompt])
+        assert ex["input_ids"][n_prompt:] == answer
+        text = tiny_tokenizer.decode(answer)
+        prefix = "\n" if spec.prompt_format is PromptFormat.ALPACA else ""
+        assert text == prefix + PAIRS[0]["response"] + tiny_tokenizer.eos_token
+        assert tiny_tokenizer.decode(ex["input_ids"][:n_prompt]) == spec.prompt(PAIRS[0]["instruction"], tiny_tokenizer)
+
+
+def test_seq2seq_examples(tiny_models, tiny_tokenizer):
+    spec = ModelSpec.resolve(tiny_models["t5"])
+    [ex] = encode_seq2seq(PAIRS[:1], spec, tiny_tokenizer, 64)
+    assert tiny_tokenizer.decode(ex["input_ids"]) == PAIRS[0]["instruction"]
+    assert tiny_tokenizer.decode(ex["labels"]) == PAIRS[0]["response"] + tiny_tokenizer.eos_token
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_packing_keeps_examples_apart(tiny_models, tiny_tokenizer, kind):
+    from transformers import AutoModelForCausalLM
+
+    spec = ModelSpec.resolve(tiny_models[kind])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[kind]).eval()
+    exs = encode_causal(PAIRS[:5], spec, tiny_tokenizer, 256)
+    rows = pack(exs, 256)
+    assert len(rows) < len(exs)  # several examples share a row
+    batch = CausalCollator(pad_id=tiny_tokenizer.pad_token_id)(rows)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+        naive = model(input_ids=batch["input_ids"]).logits  # one causal sequence: attention crosses examples
+    by_ids = {tuple(e["input_ids"]): e for e in exs}
+    crossed = False
+    for r, row in enumerate(rows):
+        start = 0
+        for n in row["seq_lens"]:
+            ids = tuple(row["input_ids"][start:start + n])
+            assert list(row["labels"][start:start + n]) == by_ids[ids]["labels"]  # labels stay with their example
+            with torch.no_grad():
+                alone = model(input_ids=torch.tensor([ids])).logits[0]
+            assert torch.allclose(packed[r, start:start + n], alone, atol=1e-4)
+            crossed |= start > 0 and not torch.allclose(naive[r, start:start + n], alone, atol=1e-4)
+            start += n
+    assert crossed, "without the mask a later example would see the earlier ones (the test would catch a leak)"
+
+
+def test_students_cut_from_the_teacher(tiny_models):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    assert evenly_spaced(30, 6) == [0, 6, 12, 17, 23, 29]
+    assert evenly_spaced(30, 12)[0] == 0 and evenly_spaced(30, 12)[-1] == 29 and len(evenly_spaced(30, 12)) == 12
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
+                      num_key_value_heads=2)
+    teacher = AutoModelForCausalLM.from_config(cfg)
+    student, keep = student_from_teacher(teacher, 3)
+    assert keep == [0, 2, 4] and student.config.num_hidden_layers == 3
+    for new, old in enumerate(keep):
+        for (n1, a), (n2, b) in zip(student.model.layers[new].state_dict().items(), teacher.model.layers[old].state_dict().items()):
+            assert n1 == n2 and torch.equal(a, b)
+    assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+    assert torch.equal(student.lm_head.weight, teacher.lm_head.weight)
+
+
+def test_grad_accumulation_reaches_the_effective_batch():
+    assert grad_accum(1024, 16, 8) == 8 and grad_accum(1024, 16, 1) == 64 and grad_accum(8, 16, 1) == 1
+
+
+def _recipe(tmp_path, base, **args):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS * 2))
+    defaults = {"effective_batch_size": 8, "per_device_batch_size": 8, "max_length": 64, "logging_steps": 1,
+                "save_steps": 5, "eval_share": 0.0, "learning_rate": 3e-3, **args}
+    return parse_recipe({"dataset": str(data), "output": str(tmp_path / "herd"), "defaults": defaults,
+                         "students": [{"name": "s", "base": str(base)}]}, "test.yaml")
+
+
+def _losses(path):
+    return [json.loads(x)["loss"] for x in path.read_text().splitlines() if '"loss"' in x]
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_a_tiny_student_trains_and_its_loss_falls(tmp_path, tiny_tokenizer, kind):
+    from lamini_serve.testing import make_tiny_model
+
+    base = make_tiny_model(kind, tmp_path / "base", tokenizer=tiny_tokenizer, wide_init=False)
+    r = _recipe(tmp_path, base, max_steps=20)
+    s = train_student(r, r.students[0], log=lambda m: None)
+    out = tmp_path / "herd" / "s"
+    losses = _losses(out / "metrics.jsonl")
+    assert s["steps"] == 20 and len(losses) == 20
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+    meta = json.loads((out / "lamini.json").read_text())
+    assert meta["prompt_format"] == ("chat" if kind == "llama" else "raw") and meta["role"] == "student"
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "training_curve.png"):
+        assert (out / f).is_file(), f
+    assert ModelSpec.resolve(out).prompt_format.value == meta["prompt_format"]
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, tiny_models):
+    r = _recipe(tmp_path, tiny_models["gpt2"], max_steps=10)
+    train_student(r, r.students[0], log=lambda m: None)
+    r2 = _recipe(tmp_path, tiny_models["gpt2"], max_steps=14)
+    s = train_student(r2, r2.students[0], resume=True, log=lambda m: None)
+    assert s["steps"] == 14
+    steps = [json.loads(x)["step"] for x in (tmp_path / "herd" / ".work" / "s" / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in x]
+    assert steps[:10] == list(range(1, 11)) and steps[10:] == [11, 12, 13, 14]
