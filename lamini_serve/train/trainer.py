@@ -127,8 +127,20 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         gradient_checkpointing=args.gradient_checkpointing, group_by_length=spec.family is Family.SEQ2SEQ,
         disable_tqdm=not sys.stderr.isatty(), use_cpu=not torch.cuda.is_available(), save_safetensors=True,
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=ListDataset(rows), data_collator=collator,
-                      callbacks=[_JsonlLogger(metrics_path)])
+    common = dict(model=model, args=targs, train_dataset=ListDataset(rows), data_collator=collator,
+                  callbacks=[_JsonlLogger(metrics_path)])
+    if student.kd is not None:
+        from lamini_serve.models import ModelSpec
+        from lamini_serve.train.kd import check_same_vocabulary, kd_trainer_class
+
+        tspec = ModelSpec.resolve(recipe.teacher)
+        if spec.family is not Family.CAUSAL or tspec.family is not Family.CAUSAL:
+            raise LaminiError(f"{student.name}: word-level KD works between decoder-only teacher and student; "
+                              f"remove its kd section")
+        check_same_vocabulary(tok, tspec.load_tokenizer(), student.name)
+        trainer = kd_trainer_class()(**common, teacher=tspec.load_model(device="cpu", dtype="float32"), kd=student.kd)
+    else:
+        trainer = Trainer(**common)
     checkpoints = sorted((work / "checkpoints").glob("checkpoint-*")) if resume else []
     if resume and not checkpoints:
         log(f"{student.name}: no checkpoint to resume from in {work / 'checkpoints'}; starting afresh")
@@ -144,6 +156,7 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         "train_loss": round(float(result.training_loss), 4), "steps": trainer.state.global_step,
         "seconds": round(seconds, 1), "examples": len(train_pairs), "tokens": real_tokens, "learning_rate": lr,
         "effective_batch": args.per_device_batch_size * world * accum, "packing": packed,
+        "kd": dataclasses.asdict(student.kd) if student.kd else None,
     }
     if not is_main():
         return summary

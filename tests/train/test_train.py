@@ -124,3 +124,30 @@ def test_resume_continues_from_the_saved_step(tmp_path, tiny_models):
     steps = [json.loads(x)["step"] for x in (tmp_path / "herd" / ".work" / "s" / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in x]
     assert steps[:10] == list(range(1, 11)) and steps[10:] == [11, 12, 13, 14]
+
+
+def test_word_level_kd_trains_against_a_teacher(tmp_path, tiny_tokenizer, monkeypatch):
+    from lamini_serve.testing import make_tiny_model
+
+    teacher = make_tiny_model("llama", tmp_path / "teacher", tokenizer=tiny_tokenizer, wide_init=False, seed=1)
+    base = make_tiny_model("llama", tmp_path / "student", tokenizer=tiny_tokenizer, wide_init=False)
+    r = _recipe(tmp_path, base, max_steps=8)
+    r.teacher = str(teacher)
+    r.students[0].kd = parse_recipe({"dataset": "d", "output": "o", "students": [
+        {"name": "k", "base": "b", "kd": {"weight": 0.5, "divergence": "reverse_kl"}}]}).students[0].kd
+    s = train_student(r, r.students[0], log=lambda m: None)
+    assert s["kd"]["divergence"] == "reverse_kl" and s["steps"] == 8
+
+
+def test_kd_refuses_a_different_vocabulary(tmp_path, tiny_tokenizer):
+    from lamini_serve.errors import LaminiError
+    from lamini_serve.testing import build_tokenizer, make_tiny_model
+
+    teacher = make_tiny_model("llama", tmp_path / "teacher", tokenizer=build_tokenizer(vocab_size=400))
+    base = make_tiny_model("llama", tmp_path / "student", tokenizer=tiny_tokenizer)
+    r = _recipe(tmp_path, base, max_steps=2)
+    r.teacher = str(teacher)
+    r.students[0].kd = parse_recipe({"dataset": "d", "output": "o", "students": [
+        {"name": "k", "base": "b", "kd": {}}]}).students[0].kd
+    with pytest.raises(LaminiError, match="needs the teacher's vocabulary"):
+        train_student(r, r.students[0], log=lambda m: None)
