@@ -148,7 +148,16 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         f"({real_tokens} tokens, {label_tokens} trained on), lr {lr}, batch {args.per_device_batch_size} x {world} "
         f"x {accum} accumulation")
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=True if checkpoints else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=True if checkpoints else None)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, (torch.OutOfMemoryError, MemoryError)) and "memory" not in str(exc).lower():
+            raise
+        raise LaminiError(
+            f"{student.name} does not fit in memory at per_device_batch_size {args.per_device_batch_size}, "
+            f"max_length {args.max_length}; lower per_device_batch_size (accumulation keeps the effective batch) "
+            f"or set gradient_checkpointing: true for this student, then rerun with --resume"
+        ) from None
     seconds = time.time() - t0
     summary: dict[str, Any] = {
         "student": student.name, "family": spec.family.value, "prompt_format": spec.prompt_format.value,
@@ -208,5 +217,6 @@ def model_card(student: Student, s: dict[str, Any], recipe: Recipe, plotted: boo
                       "encoder-decoder path works end to end, not answer quality."]
     if plotted:
         lines += ["", "![training curve](training_curve.png)"]
-    lines += ["", "Use it: `lamini chat " + student.name + "` from the herd folder, or load it with transformers.", ""]
+    lines += ["", f"Use it: `lamini chat {Path(recipe.output) / student.name}`, or load the folder with transformers "
+                  f"(prompt it in the `{s['prompt_format']}` format; `lamini.json` records it).", ""]
     return "\n".join(lines)

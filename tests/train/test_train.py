@@ -151,3 +151,36 @@ def test_kd_refuses_a_different_vocabulary(tmp_path, tiny_tokenizer):
         {"name": "k", "base": "b", "kd": {}}]}).students[0].kd
     with pytest.raises(LaminiError, match="needs the teacher's vocabulary"):
         train_student(r, r.students[0], log=lambda m: None)
+
+
+def test_out_of_memory_is_one_clear_line(tmp_path, tiny_models, monkeypatch):
+    from transformers import Trainer
+
+    from lamini_serve.errors import LaminiError
+
+    def boom(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train", boom)
+    r = _recipe(tmp_path, tiny_models["gpt2"], max_steps=2)
+    with pytest.raises(LaminiError, match="does not fit in memory.*per_device_batch_size.*gradient_checkpointing"):
+        train_student(r, r.students[0], log=lambda m: None)
+
+
+def test_dataset_without_the_columns(tmp_path, tiny_models):
+    from lamini_serve.errors import LaminiError
+
+    r = _recipe(tmp_path, tiny_models["gpt2"], max_steps=2)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    r.dataset = str(bad)
+    with pytest.raises(LaminiError, match="missing column.*instruction, response"):
+        train_student(r, r.students[0], log=lambda m: None)
+
+
+def test_tensorboard_events_are_written(tmp_path, tiny_models):
+    pytest.importorskip("tensorboard")
+    r = _recipe(tmp_path, tiny_models["gpt2"], max_steps=3)
+    train_student(r, r.students[0], log=lambda m: None)
+    events = list((tmp_path / "herd" / ".work" / "s" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
