@@ -71,11 +71,19 @@ class TorchEngine:
     """A loaded model + tokenizer that answers conversations."""
 
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str = "auto"):
-        self.spec = spec
-        self.tokenizer = spec.load_tokenizer()
-        self.model = spec.load_model(device=device, dtype=dtype)
-        self.device = self.model.device
+        self._attach(spec, spec.load_model(device=device, dtype=dtype), spec.load_tokenizer())
+
+    def _attach(self, spec: ModelSpec, model, tokenizer) -> None:
+        self.spec, self.model, self.tokenizer = spec, model, tokenizer
+        self.device = model.device
         self._eos = self._eos_ids()
+
+    @classmethod
+    def from_loaded(cls, spec: ModelSpec, model, tokenizer) -> "TorchEngine":
+        """An engine around a model already in memory (a student mid-training, say)."""
+        eng = cls.__new__(cls)
+        eng._attach(spec, model, tokenizer)
+        return eng
 
     @classmethod
     def from_name(cls, name: str, prompt_format: str | None = None, **kw) -> "TorchEngine":

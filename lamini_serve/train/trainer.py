@@ -61,11 +61,9 @@ def answers(model, tok, spec, instructions: list[str], max_new_tokens: int = 64)
     """Greedy answers of an in-memory model (for the before/after comparison)."""
     from lamini_serve.engine import SamplingParams, TorchEngine
 
-    eng = TorchEngine.__new__(TorchEngine)
-    eng.spec, eng.tokenizer, eng.model, eng.device = spec, tok, model.eval(), model.device
+    eng = TorchEngine.from_loaded(spec, model.eval(), tok)
     side = tok.padding_side
     tok.padding_side = "left" if spec.family is Family.CAUSAL else "right"
-    eng._eos = eng._eos_ids()
     out = []
     for i in range(0, len(instructions), 16):
         convs = [[{"role": "user", "content": t}] for t in instructions[i:i + 16]]
