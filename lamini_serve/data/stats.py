@@ -175,7 +175,7 @@ def describe(dataset: str | Path, out_dir: str | Path | None = None, map_rows: i
 
 
 def report_markdown(stats: dict[str, Any], rows: list[dict[str, Any]], examples: int = 5) -> str:
-    lines = [f"# Dataset statistics\n", f"{stats['rows']} rows.\n", "| source | rows |", "| --- | --- |"]
+    lines = ["# Dataset statistics\n", f"{stats['rows']} rows.\n", "| source | rows |", "| --- | --- |"]
     lines += [f"| {s} | {n} |" for s, n in stats["per_source"].items()]
     lines += ["", "| | mean | median | p10 | p90 | max |", "| --- | --- | --- | --- | --- | --- |"]
     for col in ("instruction_words", "response_words"):

@@ -57,9 +57,12 @@ def train(recipe, students, resume, dataset, output, max_steps, launch, parallel
         argv = _argv_without(_argv_without(sys.argv[1:], "--devices"), "--parallel-students", takes_value=False)
         argv = _argv_without(argv, "--student")
         raise SystemExit(run_parallel([s.name for s in chosen], devices.split(","), argv, r.output))
-    from lamini_serve.train.trainer import is_main, train_student
+    from lamini_serve.train.trainer import is_main, shutdown_distributed, train_student
 
-    results = [train_student(r, s, resume=resume) for s in chosen]
+    try:
+        results = [train_student(r, s, resume=resume) for s in chosen]
+    finally:
+        shutdown_distributed()
     if is_main():
         for s in results:
             extra = (f", ROUGE-L vs teacher {s['rouge_l_before']} -> {s['rouge_l_after']}" if "rouge_l_after" in s else "")

@@ -79,8 +79,6 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from lamini_serve.paths import atomic_dir
-    from lamini_serve.train.metrics import plot_curve, rouge_l
     from lamini_serve.train.students import build_student
 
     args = student.args
@@ -165,8 +163,34 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         "effective_batch": args.per_device_batch_size * world * accum, "packing": packed,
         "kd": dataclasses.asdict(student.kd) if student.kd else None,
     }
-    if not is_main():
-        return summary
+    if is_main():
+        _save(trainer, tok, spec, student, recipe, summary, before, compare_set, metrics_path, final, seconds, log)
+    _barrier()  # the other ranks wait for the save before they move on (or exit)
+    return summary
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly: a gloo rank that exits with it alive aborts (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _save(trainer, tok, spec, student, recipe, summary, before, compare_set, metrics_path, final, seconds, log) -> None:
+    from lamini_serve.paths import atomic_dir
+    from lamini_serve.train.metrics import plot_curve, rouge_l
+
+    args = student.args
+    lr = summary["learning_rate"]
     if compare_set:
         after = answers(trainer.model, tok, spec, [p["instruction"] for p in compare_set])
         ref = [p["response"] for p in compare_set]
@@ -186,7 +210,6 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         if Path(recipe.source).is_file():
             (staging / "recipe.yaml").write_text(Path(recipe.source).read_text(encoding="utf-8"), encoding="utf-8")
     log(f"{student.name}: saved to {final} (loss {summary['train_loss']}, {seconds:.0f} s)")
-    return summary
 
 
 def _has_tensorboard() -> bool:

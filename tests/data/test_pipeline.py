@@ -1,7 +1,6 @@
 """`lamini data run` end to end against a real local OpenAI-compatible server."""
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess

@@ -27,7 +27,12 @@ def _recipe_file(tmp_path, tiny_tokenizer, names=("s",), **defaults):
 
 def test_two_process_data_parallel_with_gloo(tmp_path, tiny_tokenizer):
     recipe = _recipe_file(tmp_path, tiny_tokenizer)
-    launch = f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port 29531"
+    import socket
+
+    with socket.socket() as sock:  # a free port: a fixed one may still be held by an earlier run
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port {port}"
     r = run_lamini("train", str(recipe), "--max-steps", "4", "--launch", launch, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     card = json.loads((tmp_path / "herd" / "s" / "lamini.json").read_text())
