@@ -67,6 +67,32 @@ def held_back(text: str, stops: Sequence[str]) -> int:
     return keep
 
 
+def visible_pieces(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
+    """Turn raw decoded pieces into what a user should see, so that the pieces join to
+    `generate`'s answer: leading and trailing whitespace dropped, text cut at the first
+    stop string, and text that may begin a stop string held back until it is clear."""
+    text, shown, started = "", 0, False
+    for piece in pieces:
+        text += piece
+        if not started:  # answers often open with the format's newline: skip it
+            stripped = text.lstrip()
+            shown = len(text) - len(stripped)
+            started = bool(stripped)
+            if not started:
+                continue
+        cut, stopped = cut_at_stop(text, stops)
+        safe = cut if stopped else text[:len(text) - held_back(text, stops)]
+        end = len(safe.rstrip())  # trailing whitespace waits: it may end the answer
+        if end > shown:
+            yield text[shown:end]
+            shown = end
+        if stopped:
+            return
+    end = len(text.rstrip())
+    if started and end > shown:
+        yield text[shown:end]
+
+
 class TorchEngine:
     """A loaded model + tokenizer that answers conversations."""
 
@@ -203,24 +229,7 @@ class TorchEngine:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        stops = self.stops(params)
-        text, shown, started = "", 0, False
-        for piece in streamer:
-            text += piece
-            if not started:  # answers often open with the format's newline: skip it
-                stripped = text.lstrip()
-                shown += len(text) - len(stripped)
-                started = bool(stripped)
-            cut, stopped = cut_at_stop(text, stops)
-            safe = len(cut) if stopped else len(text) - held_back(text, stops)
-            if safe > shown:
-                yield text[shown:safe]
-                shown = safe
-            if stopped:
-                break
-        else:
-            if len(text) > shown:
-                yield text[shown:].rstrip() if shown else text.strip()
+        yield from visible_pieces(streamer, self.stops(params))
         thread.join()
         if failure:
             raise failure[0]

@@ -74,3 +74,13 @@ def test_sampling_params_refuse_nonsense(kw, match):
     with pytest.raises(LaminiError, match=match):
         SamplingParams(**kw)
 
+
+
+def test_visible_pieces_keep_first_letters_and_match_the_stripped_answer():
+    from lamini_serve.engine import visible_pieces
+
+    assert "".join(visible_pieces(iter(["\n", "Hello", " world"]), ())) == "Hello world"
+    assert "".join(visible_pieces(iter(["\n", "\n", "Hello"]), ())) == "Hello"
+    stops = ("### Instruction:",)
+    assert "".join(visible_pieces(iter(["Hello", " world\n", "\n###", " Instruction:", " more"]), stops)) == "Hello world"
+    assert "".join(visible_pieces(iter(["  ", "\n"]), ())) == ""

@@ -29,7 +29,7 @@ def _shard(value: str) -> tuple[int, int]:
 
 def dedup_options(f):
     f = click.option("--near-dup-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.7, show_default=True,
-                     help="Estimated Jaccard (character 5-grams) above which two instructions are near-duplicates.")(f)
+                     help="Estimated Jaccard (5-byte shingles of the normalized text) above which two instructions are near-duplicates.")(f)
     f = click.option("--no-near-dedup", is_flag=True, help="Skip MinHash near-duplicate removal.")(f)
     f = click.option("--no-exact-dedup", is_flag=True, help="Skip exact (normalized) duplicate removal.")(f)
     f = click.option("--disable-filter", multiple=True,
@@ -177,7 +177,5 @@ def import_(source, out, columns, split, near_dup_threshold, no_near_dedup, no_e
     from lamini_serve.data.pipeline import import_dataset
 
     dedup, filters = _dedup_filter(near_dup_threshold, no_near_dedup, no_exact_dedup, disable_filter, min_words, max_words)
-    cols = _columns(columns)
-    cols.setdefault("output", "response")
-    summary = import_dataset(source, out, cols, split, dedup, filters)
+    summary = import_dataset(source, out, _columns(columns), split, dedup, filters)
     _print_summary(summary, out)

@@ -1,7 +1,7 @@
 """Dedup in layers: exact (after normalization), then MinHash-LSH near-duplicates.
 
-The MinHash is vectorized with numpy over character 5-grams of the normalized
-text (short instructions have few words; character shingles still see a one-word
+The MinHash is vectorized with numpy over 5-byte shingles of the normalized UTF-8
+text (short instructions have few words; byte shingles still see a one-word
 edit as a small change), so a million instructions take minutes on two cores
 and a few hundred MB. Within each group of duplicates the first row is kept
 (seeds come before generated rows, so they win) and every other row gets a
@@ -25,7 +25,7 @@ _MASK32 = np.uint64(0xFFFFFFFF)
 class DedupConfig:
     exact: bool = True
     near: bool = True
-    threshold: float = 0.7  # estimated Jaccard of character 5-grams above which two rows are near-duplicates
+    threshold: float = 0.7  # estimated Jaccard of 5-byte shingles above which two rows are near-duplicates
     num_perm: int = 64
     bands: int = 21  # 21 bands of 3 rows: a pair at Jaccard 0.6 becomes a candidate with p > 0.99
     shingle: int = 5
@@ -59,7 +59,7 @@ def _perm_params(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def minhash_signatures(texts: Sequence[str], num_perm: int = 64, shingle: int = 5, seed: int = 1,
                        chunk_rows: int = 100_000) -> np.ndarray:
-    """(len(texts), num_perm) uint32 MinHash signatures of character shingles of the normalized texts."""
+    """(len(texts), num_perm) uint32 MinHash signatures of 5-byte shingles of the normalized UTF-8 texts."""
     a, b = _perm_params(num_perm, seed)
     sigs = np.empty((len(texts), num_perm), dtype=np.uint32)
     for start in range(0, len(texts), chunk_rows):

@@ -100,7 +100,8 @@ def plan_generation(cfg: DataConfig, seeds: list[Seed], topics: list[str], style
     pool = [Example(s.instruction, s.input) for s in seeds]
     if style == "completion":
         # Small teachers copy long inputs into junk; they see examples without inputs.
-        pool = [e for e in pool if not e.input] or pool
+        plain = [e for e in pool if not e.input]
+        pool = plain if len(plain) >= 3 else pool
     if len(pool) < 3:
         raise LaminiError(f"need at least 3 seed instructions to show as examples, have {len(pool)}")
     plan = []
@@ -312,7 +313,8 @@ def write_dataset(run_dir: Path, store: Store, pool: list[dict[str, Any]], reaso
             continue
         resp = responses.get(answers.get(r["key"], "")) if answers is not None else by_text.get(r["instruction"])
         if resp is None:
-            missing += 1
+            # A seed without an answer is a reference for dedup (or another shard's), not a failure.
+            missing += r["source"] != "seed"
             continue
         rows.append({
             "instruction": r["instruction"],

@@ -62,7 +62,7 @@ def load_seeds(source: str = BUILTIN, columns: dict[str, str] | None = None, spl
                 text = p.read_text(encoding="utf-8")
                 rows = json.loads(text) if suffix == ".json" and text.lstrip().startswith("[") else _jsonl_rows(text, str(p))
             elif suffix == ".csv":
-                with open(p, newline="", encoding="utf-8") as f:
+                with open(p, newline="", encoding="utf-8-sig") as f:  # Excel writes a byte-order mark
                     rows = list(csv.DictReader(f))
             elif suffix == ".parquet":
                 import pyarrow.parquet as pq
@@ -106,6 +106,11 @@ def _hub_rows(dataset_id: str, split: str) -> list[dict[str, Any]]:
 
 def _to_seeds(rows: list[dict[str, Any]], columns: dict[str, str], where: str) -> list[Seed]:
     col = {k: columns.get(k, k) for k in ("instruction", "input", "output")}
+    if "output" not in columns and rows and "output" not in rows[0] and "response" in rows[0]:
+        col["output"] = "response"  # the LaMini schema's name for it
+    for key in ("input", "output"):
+        if key in columns and rows and columns[key] not in rows[0]:
+            raise LaminiError(f"{where}: no column {columns[key]!r} for {key} (columns: {', '.join(list(rows[0])[:12])})")
     if rows and col["instruction"] not in rows[0]:
         have = ", ".join(list(rows[0])[:12])
         raise LaminiError(f"{where}: no column {col['instruction']!r} (columns: {have}); "

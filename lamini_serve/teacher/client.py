@@ -69,6 +69,8 @@ class ClientConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise LaminiError(f"{name} must be positive, got {v}")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise LaminiError(f"--teacher-url {self.base_url!r} needs a scheme, e.g. http://{self.base_url}")
         self.base_url = self.base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
@@ -87,7 +89,8 @@ class RateLimiter:
         self.stamp = time.monotonic()
         self.lock = asyncio.Lock()
 
-    async def take(self, amount: float = 1.0) -> None:
+    async def take(self, amount: float = 1.0) -> float:
+        """Wait until `amount` may be spent; returns what was charged."""
         amount = min(amount, self.capacity)  # a request bigger than a burst waits for a full bucket
         async with self.lock:
             while True:
@@ -96,7 +99,7 @@ class RateLimiter:
                 self.stamp = now
                 if self.level >= amount:
                     self.level -= amount
-                    return
+                    return amount
                 await asyncio.sleep((amount - self.level) / self.rate)
 
     def refund(self, amount: float) -> None:
@@ -121,8 +124,10 @@ def estimate_tokens(payload: dict[str, Any]) -> int:
 def _retry_after(headers) -> float | None:
     value = headers.get("retry-after")
     if value is None:
-        ms = headers.get("retry-after-ms")
-        return float(ms) / 1000 if ms else None
+        try:
+            return float(headers.get("retry-after-ms")) / 1000
+        except (TypeError, ValueError):
+            return None
     try:
         return max(0.0, float(value))
     except ValueError:
@@ -200,8 +205,7 @@ class OpenAIClient:
         est = estimate_tokens(req.payload)
         if self.rpm:
             await self.rpm.take(1)
-        if self.tpm:
-            await self.tpm.take(est)
+        charged = await self.tpm.take(est) if self.tpm else 0.0
         url = self.config.base_url + ("/chat/completions" if req.kind == "chat" else "/completions")
         try:
             async with self._client.post(url, data=json.dumps(body)) as resp:
@@ -235,10 +239,10 @@ class OpenAIClient:
             usage = data.get("usage") or {}
         except (ValueError, KeyError, IndexError, TypeError):
             raise _Retry("malformed response body") from None
-        if self.tpm:  # settle the estimate against what was really used
+        if self.tpm:  # settle the charge against what was really used (never refund more than was charged)
             used = int(usage.get("total_tokens") or est)
-            if used < est:
-                self.tpm.refund(est - used)
+            if used < charged:
+                self.tpm.refund(charged - used)
         return Result(
             req.key, text if isinstance(text, str) else None,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),

@@ -52,6 +52,9 @@ def kd_trainer_class():
         def __init__(self, *a, teacher=None, kd=None, **kw):
             super().__init__(*a, **kw)
             self.teacher, self.kd = teacher.eval(), kd
+            # Our loss ignores num_items_in_batch, so the Trainer must scale it by the
+            # accumulation steps itself (it skips that for models that take loss kwargs).
+            self.model_accepts_loss_kwargs = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             import torch

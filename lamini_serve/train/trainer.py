@@ -112,6 +112,8 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         before = answers(model, tok, spec, [p["instruction"] for p in compare_set])
 
     metrics_path = work / "metrics.jsonl"
+    checkpoints = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if resume else []
+    _trim_metrics(metrics_path, int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0)
     report = ["tensorboard"] if _has_tensorboard() else []
     targs = TrainingArguments(
         output_dir=str(work / "checkpoints"), per_device_train_batch_size=args.per_device_batch_size,
@@ -137,7 +139,6 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         trainer = kd_trainer_class()(**common, teacher=tspec.load_model(device="cpu", dtype="float32"), kd=student.kd)
     else:
         trainer = Trainer(**common)
-    checkpoints = sorted((work / "checkpoints").glob("checkpoint-*")) if resume else []
     if resume and not checkpoints:
         log(f"{student.name}: no checkpoint to resume from in {work / 'checkpoints'}; starting afresh")
     log(f"{student.name}: {spec.family.value}, {len(rows)} {'packed rows' if packed else 'examples'} "
@@ -167,6 +168,15 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         _save(trainer, tok, spec, student, recipe, summary, before, compare_set, metrics_path, final, seconds, log)
     _barrier()  # the other ranks wait for the save before they move on (or exit)
     return summary
+
+
+def _trim_metrics(path: Path, upto_step: int) -> None:
+    """Keep the logged steps a resumed run will not log again (none for a fresh run)."""
+    if not is_main() or not path.exists():
+        return
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+            if ln.strip() and upto_step and json.loads(ln).get("step", 0) <= upto_step]
+    path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
 
 
 def _barrier() -> None:

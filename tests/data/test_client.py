@@ -85,3 +85,10 @@ def test_requests_per_minute_limit_in_the_client():
         results, _ = _send_all(url, 20, concurrency=20, requests_per_minute=120)  # 2/s, burst 10
         slow = time.time() - t0
     assert fast < 2 and 4 <= slow <= 8
+
+
+def test_url_without_a_scheme_is_refused():
+    from lamini_serve.errors import LaminiError
+
+    with pytest.raises(LaminiError, match="needs a scheme, e.g. http://localhost:8000"):
+        ClientConfig("localhost:8000", "m")

@@ -154,3 +154,14 @@ def test_generated_copies_of_seeds_are_dropped_even_when_seeds_are_not_answered(
     rows = _rows(tmp_path / "run")
     assert rows and all(r["instruction_source"] == "example_guided" for r in rows)
     assert summary["unanswered"] == 0
+
+
+def test_import_reads_alpaca_output_and_lamini_response_columns(tmp_path):
+    for col in ("output", "response"):
+        src = tmp_path / f"{col}.jsonl"
+        src.write_text(json.dumps({"instruction": "Explain rain to a child.", col: "Water falls from clouds."}) + "\n")
+        r = run_lamini("data", "import", str(src), str(tmp_path / col))
+        assert r.returncode == 0, r.stderr
+        assert [x["response"] for x in _rows(tmp_path / col)] == ["Water falls from clouds."]
+    r = run_lamini("data", "import", str(src), str(tmp_path / "bad"), "--column", "output=answer")
+    assert r.returncode == 1 and "no column 'answer' for output" in r.stderr
