@@ -137,11 +137,10 @@ def pull_teacher(
     try:
         with atomic_dir(final, overwrite=True) as staging:
             convert_gguf(gguf, staging, release)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise disk_full_error(final, exc) from exc
-        raise
+    except LaminiError:
+        raise  # atomic_dir already turned a full disk (ENOSPC) into one line
     except Exception as exc:
+        # Writers that are not plain file objects (safetensors) report a full disk in their message only.
         if "No space left" in str(exc):
             raise LaminiError(
                 f"no space left on the device while writing {final}; free some disk space or point "
