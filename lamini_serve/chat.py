@@ -78,7 +78,7 @@ def _interactive_lines() -> Iterable[str]:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
 @click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on GPUs that have it, else fp32), float32, bfloat16, float16")
 def chat(model, prompt, system, max_new_tokens, temperature, top_p, repetition_penalty, seed, prompt_format, device, dtype):
-    """Chat with MODEL: `embedded`, a checkpoint folder, or a hub id.
+    """Chat with MODEL: `embedded`, a checkpoint folder, an export from `lamini export`, or a hub id.
 
     Multi-turn and streamed. With -p, answer one prompt and exit.
 
@@ -86,8 +86,9 @@ def chat(model, prompt, system, max_new_tokens, temperature, top_p, repetition_p
       lamini chat embedded
       lamini chat embedded -p "Give three tips for staying healthy."
       lamini chat ./runs/quickstart/t5-small --max-new-tokens 128
+      lamini chat ./runs/teacher-onnx          (ONNX Runtime, int8)
     """
-    from lamini_serve.engine import SamplingParams, TorchEngine
+    from lamini_serve.engine import SamplingParams
     from lamini_serve.models import ModelSpec
     from lamini_serve.prompts import conversation
 
@@ -99,7 +100,7 @@ def chat(model, prompt, system, max_new_tokens, temperature, top_p, repetition_p
         prompt = sys.stdin.read()
     spec = ModelSpec.resolve(model, prompt_format=prompt_format)
     click.echo(f"Loading {spec.describe()} ...", err=True)
-    engine = TorchEngine(spec, device=device, dtype=dtype)
+    engine = spec.load_engine(device=device, dtype=dtype)
     out = sys.stdout
     if prompt is not None:
         if not prompt.strip():

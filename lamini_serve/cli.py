@@ -40,6 +40,7 @@ def cli() -> None:
 def _register() -> None:
     from lamini_serve.chat import chat
     from lamini_serve.data.cli import data
+    from lamini_serve.export.cli import export
     from lamini_serve.teacher.cli import teacher
     from lamini_serve.train.cli import train
 
@@ -47,6 +48,7 @@ def _register() -> None:
     cli.add_command(chat)
     cli.add_command(data)
     cli.add_command(train)
+    cli.add_command(export)
 
 
 _register()

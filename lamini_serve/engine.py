@@ -27,6 +27,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # always produce max_new_tokens (benchmarks)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -151,6 +152,8 @@ class TorchEngine:
             pad_token_id=self.tokenizer.pad_token_id,
             repetition_penalty=params.repetition_penalty,
         )
+        if params.ignore_eos:
+            kw["min_new_tokens"] = params.max_new_tokens
         if params.temperature > 0:
             kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         else:

@@ -126,6 +126,21 @@ class ModelSpec:
         return stop_strings(self.prompt_format)
 
     # ---- loading ------------------------------------------------------
+    @property
+    def runtime(self) -> str:
+        """"onnx" for a folder made by `lamini export`, else "torch"."""
+        return "onnx" if self.is_local and is_onnx_folder(self.path) else "torch"
+
+    def load_engine(self, device: str = "auto", dtype: str = "auto", **ort_options: Any):
+        """The engine that runs this model: OrtEngine for an ONNX export, TorchEngine otherwise."""
+        if self.runtime == "onnx":
+            from lamini_serve.ort_engine import OrtEngine
+
+            return OrtEngine(self, **ort_options)
+        from lamini_serve.engine import TorchEngine
+
+        return TorchEngine(self, device=device, dtype=dtype)
+
     def load_tokenizer(self):
         from transformers import AutoTokenizer
 
@@ -162,6 +177,28 @@ class ModelSpec:
 
 
 # ---- checkpoint metadata ----------------------------------------------------
+ONNX_CAUSAL_FILE = "model.onnx"
+ONNX_ENCODER_FILE = "encoder_model.onnx"
+ONNX_DECODER_FILE = "decoder_model_merged.onnx"
+
+
+def onnx_file(kind: str, variant: str = "") -> str:
+    """File name of a graph ("causal", "encoder", "decoder") in an export.
+
+    The default variant (int8 unless exported with --quantize none) has optimum's
+    standard names, so `ORTModelFor*.from_pretrained(folder)` loads it with no
+    arguments; other variants sit beside it as model_fp32.onnx, model_fp16.onnx ...
+    """
+    base = {"causal": ONNX_CAUSAL_FILE, "encoder": ONNX_ENCODER_FILE, "decoder": ONNX_DECODER_FILE}[kind]
+    return base if not variant else base[:-len(".onnx")] + f"_{variant}.onnx"
+
+
+def is_onnx_folder(folder: str | os.PathLike) -> bool:
+    """Whether a folder holds an ONNX export (optimum's standard file names)."""
+    folder = Path(folder)
+    return (folder / ONNX_CAUSAL_FILE).is_file() or (folder / ONNX_ENCODER_FILE).is_file()
+
+
 def write_metadata(folder: Path, family: Family, prompt_format: PromptFormat, **extra: Any) -> dict[str, Any]:
     """Record in a checkpoint how it must be prompted (read back by ModelSpec)."""
     from lamini_serve import __version__

@@ -1,34 +1,9 @@
-"""ROUGE-L (for before/after comparisons with the teacher) and the training-curve plot."""
+"""The training-curve plot."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
-
-from lamini_serve.data.text import words
-
-
-def lcs(a: Sequence[str], b: Sequence[str]) -> int:
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 over lowercased word tokens."""
-    c, r = words(candidate), words(reference)
-    n = lcs(c, r)
-    if n == 0:
-        return 0.0
-    p, rec = n / len(c), n / len(r)
-    return 2 * p * rec / (p + rec)
 
 
 def plot_curve(metrics_jsonl: Path, out_png: Path, title: str) -> bool:

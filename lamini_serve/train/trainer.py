@@ -197,7 +197,8 @@ def shutdown_distributed() -> None:
 
 def _save(trainer, tok, spec, student, recipe, summary, before, compare_set, metrics_path, final, seconds, log) -> None:
     from lamini_serve.paths import atomic_dir
-    from lamini_serve.train.metrics import plot_curve, rouge_l
+    from lamini_serve.rouge import rouge_l
+    from lamini_serve.train.metrics import plot_curve
 
     args = student.args
     lr = summary["learning_rate"]

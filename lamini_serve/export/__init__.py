@@ -1,0 +1,1 @@
+"""`lamini export`: ONNX export, int8 quantization and a parity report for every student."""

@@ -1,0 +1,296 @@
+"""Export a checkpoint to ONNX with optimum, quantize it, and say how it was made.
+
+Layout of an export folder (flat, so optimum loads the default with no arguments):
+
+    model.onnx                   the deployable graph: int8 (or fp32 with --quantize none)
+    model_fp32.onnx              the fp32 export it was quantized from (--keep-fp32, the default)
+    model_fp16.onnx              for GPU runtimes (--fp16)
+    encoder_model*.onnx, decoder_model_merged*.onnx   the same for encoder-decoder models
+    config.json, generation_config.json, tokenizer files, lamini.json
+    export.json                  the manifest: source hash, versions, quantization settings, files
+    parity.json, parity.md       the parity and speed report (unless --prompts 0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from lamini_serve import __version__
+from lamini_serve.errors import LaminiError
+from lamini_serve.export.isa import quantization_config, resolve_isa
+from lamini_serve.models import Family, ModelSpec, onnx_file, write_metadata
+from lamini_serve.paths import atomic_dir, atomic_write_text, clean_stale_tmp, scratch_dir
+
+TASKS = {Family.CAUSAL: "text-generation-with-past", Family.SEQ2SEQ: "text2text-generation-with-past"}
+MANIFEST = "export.json"
+QUANTIZE_CHOICES = ("int8", "none")
+
+
+@dataclass
+class ExportOptions:
+    quantize: str = "int8"  # int8 (dynamic, weights per channel) | none
+    isa: str = "auto"  # avx512_vnni | avx512 | avx2 | arm64 | auto (detected)
+    per_channel: bool = True
+    keep_fp32: bool = True
+    fp16: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise LaminiError(f"unknown --quantize {self.quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
+
+
+def graph_kinds(family: Family) -> tuple[str, ...]:
+    return ("encoder", "decoder") if family is Family.SEQ2SEQ else ("causal",)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """optimum and torch.onnx print pages of tracer warnings for every export; keep errors only."""
+    from transformers.utils import logging as hf_logging
+
+    names = ("optimum", "torch.onnx", "onnxruntime", "transformers")
+    before = {n: logging.getLogger(n).level for n in names}
+    hf_before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(hf_before)
+        for n, level in before.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def supported_model_types(family: Family) -> list[str]:
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the architectures)
+    from optimum.exporters.tasks import TasksManager
+
+    task = TASKS[family]
+    return sorted(k for k, v in TasksManager._SUPPORTED_MODEL_TYPE.items() if task in v.get("onnx", {}))
+
+
+def check_exportable(spec: ModelSpec) -> None:
+    kinds = supported_model_types(spec.family)
+    if spec.model_type not in kinds:
+        raise LaminiError(
+            f"optimum cannot export {spec.name}: model type {spec.model_type!r} has no ONNX {TASKS[spec.family]} "
+            f"export; supported {spec.family.value} types: {', '.join(kinds)}"
+        )
+
+
+def checkpoint_sha256(folder: Path) -> str:
+    """One hash over the checkpoint's weight and config files, in name order."""
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name == "config.json"))
+    for p in files:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _local_folder(spec: ModelSpec) -> Path:
+    if spec.is_local:
+        return Path(spec.path)
+    from huggingface_hub import snapshot_download
+
+    from lamini_serve.models import _hub_errors
+
+    with _hub_errors(spec.name):
+        return Path(snapshot_download(spec.path))
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"lamini-serve": __version__}
+    for pkg in ("optimum", "optimum-onnx", "onnxruntime", "onnx", "torch", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _require_export_deps() -> None:
+    try:
+        import onnxruntime  # noqa: F401
+        import optimum.exporters.onnx  # noqa: F401
+    except ImportError as exc:
+        raise LaminiError(f"lamini export needs optimum-onnx and onnxruntime ({exc.name} is missing); "
+                          "install them with: pip install 'lamini-serve[export]'") from exc
+
+
+def export_model(
+    source: str,
+    out: str | os.PathLike,
+    options: ExportOptions | None = None,
+    report_prompts: int = 16,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
+    """Export `source` (any ModelSpec name) into the folder `out`; returns the manifest.
+
+    Everything is written under a staging name and renamed at the end, so `out` is
+    either absent (or left as it was) or a complete export.
+    """
+    opts = options or ExportOptions()
+    out = Path(out)
+    if out.exists() and not opts.overwrite:
+        raise LaminiError(f"{out} already exists; choose another folder or pass --overwrite")
+    _require_export_deps()
+    spec = ModelSpec.resolve(source)
+    if spec.runtime == "onnx":
+        raise LaminiError(f"{source} is already an ONNX export; export the checkpoint it was made from")
+    check_exportable(spec)
+    isa = resolve_isa(opts.isa) if opts.quantize == "int8" else None
+    src = _local_folder(spec)
+    clean_stale_tmp(out.parent if str(out.parent) else Path("."))
+    t_start = time.perf_counter()
+    with atomic_dir(out, overwrite=opts.overwrite) as staging:
+        log(f"exporting {spec.describe()} with optimum ({TASKS[spec.family]})")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        _optimum_export(src, staging, spec.family)
+        timings["export_s"] = round(time.perf_counter() - t0, 1)
+        files: dict[str, dict[str, Any]] = {}
+        kinds = graph_kinds(spec.family)
+        for k in kinds:  # fp32 graphs move aside; the deployable variant takes the standard names
+            _move_graph(staging, onnx_file(k), onnx_file(k, "fp32"))
+        if opts.fp16:
+            log("converting to fp16 (for GPU runtimes)")
+            for k in kinds:
+                _to_fp16(staging / onnx_file(k, "fp32"), staging / onnx_file(k, "fp16"))
+        if opts.quantize == "int8":
+            log(f"quantizing to int8 for {isa} (dynamic, {'per channel' if opts.per_channel else 'per tensor'})")
+            t0 = time.perf_counter()
+            for k in kinds:
+                _quantize(staging, onnx_file(k, "fp32"), onnx_file(k), isa, opts.per_channel)
+            timings["quantize_s"] = round(time.perf_counter() - t0, 1)
+            variants = {"": "int8", "fp32": "fp32"}
+        else:
+            for k in kinds:
+                _move_graph(staging, onnx_file(k, "fp32"), onnx_file(k))
+            variants = {"": "fp32"}
+        if opts.fp16:
+            variants["fp16"] = "fp16"
+        for variant, kind in variants.items():
+            names = [onnx_file(k, variant) for k in kinds]
+            files[kind] = {"files": names, "bytes": sum(_graph_bytes(staging, n) for n in names),
+                           "load": _load_hint(spec.family, variant)}
+        meta = {k: v for k, v in spec.metadata.items() if k not in ("family", "prompt_format")}
+        write_metadata(staging, spec.family, spec.prompt_format, **{**meta, "runtime": "onnx", "default_variant": variants[""]})
+        manifest = {
+            "source": {"name": spec.name, "path": str(src), "model_type": spec.model_type,
+                       "family": spec.family.value, "sha256": checkpoint_sha256(src)},
+            "task": TASKS[spec.family],
+            "quantization": ({"mode": "dynamic", "weights": "int8 (QInt8)", "activations": "uint8, quantized per call",
+                              "isa": isa, "per_channel": opts.per_channel} if isa else None),
+            "variants": files,
+            "versions": _versions(),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "timings": timings,
+        }
+        if not opts.keep_fp32 and opts.quantize == "int8" and report_prompts <= 0:
+            _drop_variant(staging, spec.family, "fp32", manifest)
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        if report_prompts > 0:
+            from lamini_serve.export.parity import parity_report, write_report
+
+            log(f"checking parity with PyTorch on {report_prompts} prompts, and speed")
+            report = parity_report(spec, staging, variants=[v for v in variants if variants[v] != "fp16"],
+                                   n_prompts=report_prompts, log=log)
+            write_report(staging, report)
+            manifest["parity"] = {v: {k: r[k] for k in ("top1_agreement", "exact_match_32", "rouge_l")}
+                                  for v, r in report["variants"].items()}
+            if not opts.keep_fp32 and opts.quantize == "int8":
+                _drop_variant(staging, spec.family, "fp32", manifest)
+            manifest["timings"]["total_s"] = round(time.perf_counter() - t_start, 1)
+            atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _load_hint(family: Family, variant: str) -> str:
+    if family is Family.SEQ2SEQ:
+        args = "" if not variant else (f', encoder_file_name="{onnx_file("encoder", variant)}", '
+                                       f'decoder_file_name="{onnx_file("decoder", variant)}"')
+        return f"ORTModelForSeq2SeqLM.from_pretrained(folder{args})"
+    args = "" if not variant else f', file_name="{onnx_file("causal", variant)}"'
+    return f"ORTModelForCausalLM.from_pretrained(folder{args})"
+
+
+def _drop_variant(folder: Path, family: Family, variant: str, manifest: dict) -> None:
+    for k in graph_kinds(family):
+        for p in folder.glob(onnx_file(k, variant) + "*"):
+            p.unlink()
+    manifest["variants"].pop(variant, None)
+
+
+def _graph_bytes(folder: Path, name: str) -> int:
+    """A graph's size with its external data file, if it has one."""
+    return sum(p.stat().st_size for p in folder.glob(name + "*") if p.is_file())
+
+
+def _move_graph(folder: Path, src: str, dst: str) -> None:
+    # A graph over 2 GB keeps its weights in "<name>_data", referenced by that name
+    # from inside the graph: the data file keeps its name, only the graph is renamed.
+    os.replace(folder / src, folder / dst)
+
+
+def _optimum_export(src: Path, out: Path, family: Family) -> None:
+    from optimum.exporters.onnx import main_export
+
+    with quiet():
+        try:
+            main_export(str(src), out, task=TASKS[family], do_validation=False, device="cpu")
+        except LaminiError:
+            raise
+        except Exception as exc:  # transformers, safetensors and torch.onnx each raise their own types
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise LaminiError(f"optimum could not export {src}: {first}") from exc
+    # The merged decoder holds both of these; optimum loads it first.
+    for extra in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+        for p in out.glob(extra + "*"):
+            p.unlink()
+    if family is Family.SEQ2SEQ and not (out / onnx_file("decoder")).is_file():
+        raise LaminiError(f"optimum exported {src} without a merged decoder; this version of optimum-onnx is not supported")
+
+
+def _quantize(folder: Path, src_name: str, dst_name: str, isa: str, per_channel: bool) -> None:
+    from optimum.onnxruntime import ORTQuantizer
+
+    with quiet(), scratch_dir(folder, "quantize") as tmp:
+        q = ORTQuantizer.from_pretrained(folder, file_name=src_name)
+        q.quantize(save_dir=tmp, quantization_config=quantization_config(isa, per_channel))
+        produced = [p for p in tmp.iterdir() if p.suffix == ".onnx"]
+        if len(produced) != 1:
+            raise LaminiError(f"quantizing {src_name} produced {len(produced)} graphs; expected one")
+        os.replace(produced[0], folder / dst_name)
+        for p in tmp.iterdir():  # external data of a large quantized graph
+            if p.name.startswith(produced[0].name):
+                os.replace(p, folder / p.name)
+
+
+def _to_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with quiet():
+        model = onnx.load(str(src))
+        # Inputs and outputs stay fp32 so callers feed the same arrays; inside, fp16.
+        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+        onnx.save(model, str(dst))
+

@@ -1,0 +1,240 @@
+"""`lamini export` on tiny models of both families, through real optimum and ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lamini_serve.cli import cli
+from lamini_serve.engine import SamplingParams, TorchEngine
+from lamini_serve.errors import LaminiError
+from lamini_serve.export.exporter import ExportOptions, checkpoint_sha256, export_model
+from lamini_serve.export.isa import resolve_isa, supported_isas
+from lamini_serve.models import ModelSpec, onnx_file
+from lamini_serve.ort_engine import OrtEngine
+
+PROMPTS = ["Give three tips for staying healthy.", "hi", "Write a haiku about the sea and the salt in the wind at dusk."]
+KINDS = ("llama", "gpt2", "t5")
+
+
+@pytest.fixture(scope="session")
+def exports(tiny_models, tmp_path_factory):
+    """{kind: export folder} with int8 + fp32 variants and a 3-prompt report."""
+    root = tmp_path_factory.mktemp("exports")
+    return {k: (export_model(str(tiny_models[k]), root / k, report_prompts=3), root / k)[1] for k in KINDS}
+
+
+def _convs(prompts=PROMPTS):
+    return [[{"role": "user", "content": p}] for p in prompts]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fp32_export_answers_exactly_as_pytorch(kind, tiny_models, exports):
+    params = SamplingParams(max_new_tokens=12, repetition_penalty=1.0)
+    torch_eng = TorchEngine(ModelSpec.resolve(tiny_models[kind]), device="cpu", dtype="float32")
+    want = [torch_eng.generate([c], params)[0] for c in _convs()]  # one by one: no padding involved
+    ort_eng = OrtEngine(ModelSpec.resolve(exports[kind]), variant="fp32")
+    got = ort_eng.generate(_convs(), params)  # one padded batch
+    assert [g.text for g in got] == [w.text for w in want]
+    assert [g.completion_tokens for g in got] == [w.completion_tokens for w in want]
+    assert [g.finish_reason for g in got] == [w.finish_reason for w in want]
+    unbound = OrtEngine(ModelSpec.resolve(exports[kind]), variant="fp32", io_binding=False)
+    assert [g.text for g in unbound.generate(_convs(), params)] == [w.text for w in want]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_optimum_loads_the_folder_and_agrees_with_our_loop(kind, exports):
+    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+
+    folder = exports[kind]
+    spec = ModelSpec.resolve(folder)
+    eng = OrtEngine(spec)  # the default variant: int8
+    tok = eng.tokenizer
+    ids = eng._encode([eng.prompt_text(_convs()[0][0:1])])[0]
+    ours = eng.generate_ids([ids], SamplingParams(max_new_tokens=8, repetition_penalty=1.0))[0]
+    cls = ORTModelForSeq2SeqLM if kind == "t5" else ORTModelForCausalLM
+    model = cls.from_pretrained(folder)
+    import torch
+
+    x = torch.tensor([ids])
+    out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=8, do_sample=False,
+                         eos_token_id=eng._eos, pad_token_id=tok.pad_token_id)
+    theirs = out[0, len(ids):] if kind != "t5" else out[0, 1:]
+    assert ours == theirs.tolist()[:len(ours)]
+
+
+def test_int8_is_smaller_loads_and_answers_through_lamini_chat(exports):
+    for kind in KINDS:
+        folder = exports[kind]
+        manifest = json.loads((folder / "export.json").read_text())
+        assert manifest["variants"]["int8"]["bytes"] < 0.6 * manifest["variants"]["fp32"]["bytes"]
+        r = CliRunner().invoke(cli, ["chat", str(folder), "-p", "hello there", "--max-new-tokens", "6"])
+        assert r.exit_code == 0, r.output
+        assert r.output.strip()
+
+
+def test_manifest_says_how_it_was_made(tiny_models, exports):
+    m = json.loads((exports["t5"] / "export.json").read_text())
+    assert m["source"]["sha256"] == checkpoint_sha256(tiny_models["t5"])
+    assert m["task"] == "text2text-generation-with-past"
+    assert m["quantization"]["isa"] in ("avx512_vnni", "avx512", "avx2", "arm64")
+    assert m["quantization"]["per_channel"] is True
+    assert {"onnxruntime", "optimum", "optimum-onnx", "torch", "transformers"} <= set(m["versions"])
+    assert m["variants"]["int8"]["files"] == ["encoder_model.onnx", "decoder_model_merged.onnx"]
+    assert "encoder_file_name" in m["variants"]["fp32"]["load"]
+    meta = json.loads((exports["t5"] / "lamini.json").read_text())
+    assert meta["family"] == "seq2seq" and meta["prompt_format"] == "raw" and meta["runtime"] == "onnx"
+    # no redundant decoders: the merged one serves both steps
+    assert not list(exports["t5"].glob("decoder_with_past*")) and not (exports["t5"] / "decoder_model.onnx").exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_report_fields_are_present_and_sane(kind, exports):
+    rep = json.loads((exports[kind] / "parity.json").read_text())
+    assert rep["prompts"] == 3 and rep["forced_tokens"] == 32
+    fp32, int8 = rep["variants"]["fp32"], rep["variants"]["default"]
+    assert fp32["label"] == "ORT fp32" and int8["label"] == "ORT int8"
+    for v in (fp32, int8):
+        assert 0 <= v["top1_agreement"] <= 1 and 0 <= v["exact_match_32"] <= 1 and 0 <= v["rouge_l"] <= 1
+        assert v["positions"] > 0 and v["mean_abs_logit_diff"] <= v["max_abs_logit_diff"]
+    assert fp32["top1_agreement"] >= 0.99 and fp32["exact_match_32"] == 1.0 and fp32["rouge_l"] == 1.0
+    assert fp32["mean_abs_logit_diff"] < 1e-2
+    assert int8["bytes"] < fp32["bytes"]
+    speed = {(r["runtime"], r["batch"]) for r in rep["speed"]}
+    assert speed == {(rt, b) for rt in ("torch fp32", "ORT int8", "ORT fp32") for b in (1, 8)}
+    assert all(r["tokens_per_second"] > 0 for r in rep["speed"])
+    md = (exports[kind] / "parity.md").read_text()
+    assert "top-1 agreement" in md and "| ORT int8 | 8 |" in md
+
+
+def test_ort_sampling_is_seeded_and_streams_what_generate_returns(exports):
+    eng = OrtEngine(ModelSpec.resolve(exports["llama"]), variant="fp32")
+    sample = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, top_k=50, seed=7)
+    a = eng.generate(_convs()[:1], sample)[0].text
+    assert a == eng.generate(_convs()[:1], sample)[0].text
+    greedy = SamplingParams(max_new_tokens=10, repetition_penalty=1.0)
+    tiny_p = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=1e-6, seed=1, repetition_penalty=1.0)
+    assert eng.generate(_convs()[:1], tiny_p)[0].text == eng.generate(_convs()[:1], greedy)[0].text
+    assert "".join(eng.stream(_convs()[0], greedy)) == eng.generate(_convs()[:1], greedy)[0].text
+    forced = eng.generate(_convs()[:1], SamplingParams(max_new_tokens=10, ignore_eos=True))[0]
+    assert forced.completion_tokens == 10
+
+
+def test_fp16_variant_loads_and_generates(tiny_models, tmp_path):
+    out = tmp_path / "fp16"
+    export_model(str(tiny_models["llama"]), out, ExportOptions(fp16=True, quantize="none"), report_prompts=0)
+    assert (out / onnx_file("causal", "fp16")).is_file() and (out / "model.onnx").is_file()
+    eng = OrtEngine(ModelSpec.resolve(out), variant="fp16")
+    assert eng.generate(_convs()[:1], SamplingParams(max_new_tokens=4))[0].completion_tokens >= 1
+    assert json.loads((out / "lamini.json").read_text())["default_variant"] == "fp32"
+
+
+def test_check_fails_below_the_threshold_and_keeps_the_report(tiny_models, tmp_path):
+    out = tmp_path / "checked"
+    r = CliRunner().invoke(cli, ["export", str(tiny_models["llama"]), str(out), "--prompts", "2", "--check",
+                                 "--min-top1", "1.0"])
+    assert r.exit_code == 1 and "parity check failed" in r.output and "top-1 agreement" in r.output
+    assert (out / "parity.md").is_file()
+    r = CliRunner().invoke(cli, ["export", str(tiny_models["llama"]), str(out), "--prompts", "2", "--check",
+                                 "--min-top1", "0", "--overwrite"])
+    assert r.exit_code == 0, r.output
+
+
+# ---- bad input ------------------------------------------------------------------
+def _run(*args):
+    r = CliRunner().invoke(cli, ["export", *args])
+    assert r.exit_code != 0
+    assert "Traceback" not in r.output
+    return r.output
+
+
+def test_unsupported_architecture_is_named_with_the_supported_list(tmp_path):
+    folder = tmp_path / "ctrl"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "ctrl", "architectures": ["CTRLLMHeadModel"]}))
+    out = _run(str(folder), str(tmp_path / "o"))
+    assert "'ctrl'" in out and "llama" in out and "gpt2" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_and_corrupt_checkpoints(tiny_models, tmp_path):
+    assert "no such folder" in _run(str(tmp_path / "nope"), str(tmp_path / "o"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in tiny_models["llama"].iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    out = _run(str(bad), str(tmp_path / "o"))
+    assert "could not export" in out
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_existing_output_is_refused_without_overwrite(tiny_models, tmp_path):
+    (tmp_path / "o").mkdir()
+    assert "already exists" in _run(str(tiny_models["llama"]), str(tmp_path / "o"))
+
+
+def test_exporting_an_export_is_refused(exports, tmp_path):
+    assert "already an ONNX export" in _run(str(exports["llama"]), str(tmp_path / "again"))
+
+
+def test_instruction_sets():
+    assert resolve_isa("auto", flags={"avx2", "avx512f", "avx512_vnni"}, arm=False) == "avx512_vnni"
+    assert resolve_isa("auto", flags={"avx2"}, arm=False) == "avx2"
+    assert resolve_isa("auto", arm=True) == "arm64"
+    with pytest.raises(LaminiError, match="lacks avx512_vnni.*avx2"):
+        resolve_isa("avx512_vnni", flags={"avx2"}, arm=False)
+    with pytest.raises(LaminiError, match="none of AVX2"):
+        resolve_isa("auto", flags=set(), arm=False)
+    if "arm64" not in supported_isas():
+        assert "lacks arm64" in _run("embedded", "/tmp/never-written", "--isa", "arm64")
+
+
+@pytest.mark.parametrize("fault", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_a_failed_or_interrupted_export_leaves_nothing(tiny_models, tmp_path, monkeypatch, fault):
+    import lamini_serve.export.exporter as ex
+
+    def broken(*a, **k):
+        raise fault
+
+    monkeypatch.setattr(ex, "_quantize", broken)
+    with pytest.raises(type(fault)):
+        export_model(str(tiny_models["llama"]), tmp_path / "o", report_prompts=0)
+    assert os.listdir(tmp_path) == []
+
+
+def test_herd_export_exports_every_trained_student_and_resumes(tiny_models, tmp_path):
+    herd = tmp_path / "herd"
+    for name, kind in (("small", "llama"), ("seq", "t5")):
+        src = tiny_models[kind]
+        (herd / name).mkdir(parents=True)
+        for f in src.iterdir():
+            (herd / name / f.name).write_bytes(f.read_bytes())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"dataset: d.parquet\noutput: {herd}\nstudents:\n  - {{name: small, base: gpt2}}\n"
+                      f"  - {{name: seq, base: google/flan-t5-small}}\n")
+    r = CliRunner().invoke(cli, ["export", "--herd", str(recipe), "--prompts", "0"])
+    assert r.exit_code == 0, r.output
+    root = tmp_path / "herd-onnx"
+    assert (root / "small" / "model.onnx").is_file() and (root / "seq" / "encoder_model.onnx").is_file()
+    r = CliRunner().invoke(cli, ["export", "--herd", str(recipe), "--prompts", "0"])
+    assert r.exit_code == 0 and r.output.count("skipped") == 2
+    recipe.write_text(recipe.read_text() + "  - {name: untrained, base: gpt2}\n")
+    out = _run("--herd", str(recipe))
+    assert "no trained checkpoint for untrained" in out
+
+
+@pytest.mark.slow
+def test_the_embedded_teacher_exports_and_int8_still_answers(teacher_path, tmp_path):
+    out = tmp_path / "teacher-onnx"
+    m = export_model(str(teacher_path), out, report_prompts=3)
+    assert m["variants"]["int8"]["bytes"] < 0.3 * m["variants"]["fp32"]["bytes"]
+    rep = json.loads((out / "parity.json").read_text())
+    assert rep["variants"]["fp32"]["top1_agreement"] >= 0.99
+    assert rep["variants"]["default"]["top1_agreement"] >= 0.85
+    r = CliRunner().invoke(cli, ["chat", str(out), "-p", "What is the capital of France?", "--max-new-tokens", "24"])
+    assert r.exit_code == 0 and "Paris" in r.output, r.output
