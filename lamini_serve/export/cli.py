@@ -19,11 +19,16 @@ def _log(message: str) -> None:
 @click.argument("out", required=False, type=click.Path(path_type=Path))
 @click.option("--herd", "recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Export every student of the herd this recipe trained (OUT defaults to <output>-onnx).")
-@click.option("--quantize", type=click.Choice(["int8", "none"]), default="int8", show_default=True,
-              help="int8: dynamic quantization, weights per channel (the deployable default). none: fp32 only.")
+@click.option("--quantize", type=click.Choice(["int8", "int4", "int8-dynamic", "none"]), default="int8", show_default=True,
+              help="int8: int8 weights in blocks, int8 compute (faithful and fast: the default). int4: 4-bit blocks "
+                   "(smaller, less faithful). int8-dynamic: optimum's ORTQuantizer (one activation scale per tensor). "
+                   "none: fp32 only.")
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default="32", show_default=True,
+              help="int8/int4: weights per scale. Larger is a little faster and smaller, smaller is more faithful.")
 @click.option("--isa", type=click.Choice(["auto", "avx512_vnni", "avx512", "avx2", "arm64"]), default="auto",
-              show_default=True, help="Instruction set the int8 kernels target; auto detects this CPU's best.")
-@click.option("--per-tensor", is_flag=True, help="One int8 scale per weight matrix instead of per output channel.")
+              show_default=True, help="Instruction set of the CPU that will run the export; checked against this "
+                                      "CPU, recorded, and used to configure int8-dynamic. auto: this CPU's best.")
+@click.option("--per-tensor", is_flag=True, help="int8-dynamic: one weight scale per matrix instead of per output channel.")
 @click.option("--fp16", is_flag=True, help="Also write an fp16 variant (model_fp16.onnx) for GPU runtimes.")
 @click.option("--keep-fp32/--drop-fp32", default=True, show_default=True,
               help="Keep the fp32 export (model_fp32.onnx) beside the int8 one.")
@@ -33,7 +38,7 @@ def _log(message: str) -> None:
 @click.option("--min-top1", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="The top-1 agreement --check requires of the deployable variant.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def export(checkpoint, out, recipe, quantize, isa, per_tensor, fp16, keep_fp32, n_prompts, check, min_top1, overwrite):
+def export(checkpoint, out, recipe, quantize, block_size, isa, per_tensor, fp16, keep_fp32, n_prompts, check, min_top1, overwrite):
     """Export CHECKPOINT to ONNX in OUT, quantize it to int8, and report parity with PyTorch.
 
     CHECKPOINT is anything `lamini chat` takes: `embedded`, a folder from
@@ -49,7 +54,7 @@ def export(checkpoint, out, recipe, quantize, isa, per_tensor, fp16, keep_fp32, 
 
     if check and n_prompts == 0:
         raise click.UsageError("--check needs the parity report; drop --prompts 0")
-    opts = ExportOptions(quantize=quantize, isa=isa, per_channel=not per_tensor, keep_fp32=keep_fp32,
+    opts = ExportOptions(quantize=quantize, isa=isa, block_size=int(block_size), per_channel=not per_tensor, keep_fp32=keep_fp32,
                          fp16=fp16, overwrite=overwrite)
     if recipe is not None:
         if out is not None:
@@ -68,7 +73,7 @@ def export(checkpoint, out, recipe, quantize, isa, per_tensor, fp16, keep_fp32, 
                 failed.append(f"{dest}: top-1 agreement {top1:.1%} < {min_top1:.1%}")
     if failed:
         raise LaminiError("parity check failed: " + "; ".join(failed) + " (see parity.md in each folder; "
-                          "try --per-tensor off, another --isa, or --quantize none)")
+                          "try a smaller --block-size, --quantize int8 rather than int4, or --quantize none)")
 
 
 def _export_one(source: str, dest: Path, opts, n_prompts: int):

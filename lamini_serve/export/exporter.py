@@ -2,7 +2,7 @@
 
 Layout of an export folder (flat, so optimum loads the default with no arguments):
 
-    model.onnx                   the deployable graph: int8 (or fp32 with --quantize none)
+    model.onnx                   the deployable graph: int8 weights (or as --quantize says)
     model_fp32.onnx              the fp32 export it was quantized from (--keep-fp32, the default)
     model_fp16.onnx              for GPU runtimes (--fp16)
     encoder_model*.onnx, decoder_model_merged*.onnx   the same for encoder-decoder models
@@ -32,14 +32,19 @@ from lamini_serve.paths import atomic_dir, atomic_write_text, clean_stale_tmp, s
 
 TASKS = {Family.CAUSAL: "text-generation-with-past", Family.SEQ2SEQ: "text2text-generation-with-past"}
 MANIFEST = "export.json"
-QUANTIZE_CHOICES = ("int8", "none")
+# int8: blockwise int8 weights, int8 compute (MatMulNBits, see quantize.py): the default.
+# int4: the same with 4-bit weights (smaller, less faithful). int8-dynamic: optimum's
+# ORTQuantizer, one activation scale per tensor. none: fp32 only.
+QUANTIZE_CHOICES = ("int8", "int4", "int8-dynamic", "none")
+BLOCK_SIZES = (16, 32, 64, 128)
 
 
 @dataclass
 class ExportOptions:
-    quantize: str = "int8"  # int8 (dynamic, weights per channel) | none
+    quantize: str = "int8"
     isa: str = "auto"  # avx512_vnni | avx512 | avx2 | arm64 | auto (detected)
-    per_channel: bool = True
+    block_size: int = 32  # int8 / int4: weights per scale
+    per_channel: bool = True  # int8-dynamic: one weight scale per output channel
     keep_fp32: bool = True
     fp16: bool = False
     overwrite: bool = False
@@ -47,6 +52,20 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZE_CHOICES:
             raise LaminiError(f"unknown --quantize {self.quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
+        if self.block_size not in BLOCK_SIZES:
+            raise LaminiError(f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, got {self.block_size}")
+
+    def quantization(self, isa: str | None) -> dict[str, Any] | None:
+        if self.quantize in ("int8", "int4"):
+            bits = 8 if self.quantize == "int8" else 4
+            return {"mode": f"blockwise {self.quantize} weights (ONNX Runtime MatMulNBits, symmetric)", "bits": bits,
+                    "block_size": self.block_size, "accuracy_level": 4,
+                    "activations": "int8 per block, at run time", "embeddings": "int8 rows" if bits == 8 else "int4 rows",
+                    "isa": isa}
+        if self.quantize == "int8-dynamic":
+            return {"mode": "dynamic int8 (optimum ORTQuantizer)", "weights": "int8 (QInt8)",
+                    "activations": "uint8, one scale per tensor, at run time", "isa": isa, "per_channel": self.per_channel}
+        return None
 
 
 def graph_kinds(family: Family) -> tuple[str, ...]:
@@ -156,7 +175,7 @@ def export_model(
     if spec.runtime == "onnx":
         raise LaminiError(f"{source} is already an ONNX export; export the checkpoint it was made from")
     check_exportable(spec)
-    isa = resolve_isa(opts.isa) if opts.quantize == "int8" else None
+    isa = resolve_isa(opts.isa) if opts.quantize != "none" else None
     src = _local_folder(spec)
     clean_stale_tmp(out.parent if str(out.parent) else Path("."))
     t_start = time.perf_counter()
@@ -174,13 +193,21 @@ def export_model(
             log("converting to fp16 (for GPU runtimes)")
             for k in kinds:
                 _to_fp16(staging / onnx_file(k, "fp32"), staging / onnx_file(k, "fp16"))
-        if opts.quantize == "int8":
-            log(f"quantizing to int8 for {isa} (dynamic, {'per channel' if opts.per_channel else 'per tensor'})")
+        quant = opts.quantization(isa)
+        if quant:
+            log(f"quantizing: {quant['mode']}" + (f", blocks of {opts.block_size}" if "block_size" in quant else ""))
             t0 = time.perf_counter()
             for k in kinds:
-                _quantize(staging, onnx_file(k, "fp32"), onnx_file(k), isa, opts.per_channel)
+                if opts.quantize == "int8-dynamic":
+                    _quantize_dynamic(staging, onnx_file(k, "fp32"), onnx_file(k), isa, opts.per_channel)
+                else:
+                    from lamini_serve.export.quantize import quantize_weights
+
+                    with quiet():
+                        quant.setdefault("graphs", {})[onnx_file(k)] = quantize_weights(
+                            staging / onnx_file(k, "fp32"), staging / onnx_file(k), quant["bits"], opts.block_size)
             timings["quantize_s"] = round(time.perf_counter() - t0, 1)
-            variants = {"": "int8", "fp32": "fp32"}
+            variants = {"": opts.quantize, "fp32": "fp32"}
         else:
             for k in kinds:
                 _move_graph(staging, onnx_file(k, "fp32"), onnx_file(k))
@@ -197,14 +224,13 @@ def export_model(
             "source": {"name": spec.name, "path": str(src), "model_type": spec.model_type,
                        "family": spec.family.value, "sha256": checkpoint_sha256(src)},
             "task": TASKS[spec.family],
-            "quantization": ({"mode": "dynamic", "weights": "int8 (QInt8)", "activations": "uint8, quantized per call",
-                              "isa": isa, "per_channel": opts.per_channel} if isa else None),
+            "quantization": quant,
             "variants": files,
             "versions": _versions(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "timings": timings,
         }
-        if not opts.keep_fp32 and opts.quantize == "int8" and report_prompts <= 0:
+        if not opts.keep_fp32 and quant and report_prompts <= 0:
             _drop_variant(staging, spec.family, "fp32", manifest)
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         if report_prompts > 0:
@@ -216,7 +242,7 @@ def export_model(
             write_report(staging, report)
             manifest["parity"] = {v: {k: r[k] for k in ("top1_agreement", "exact_match_32", "rouge_l")}
                                   for v, r in report["variants"].items()}
-            if not opts.keep_fp32 and opts.quantize == "int8":
+            if not opts.keep_fp32 and quant:
                 _drop_variant(staging, spec.family, "fp32", manifest)
             manifest["timings"]["total_s"] = round(time.perf_counter() - t_start, 1)
             atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -269,7 +295,7 @@ def _optimum_export(src: Path, out: Path, family: Family) -> None:
         raise LaminiError(f"optimum exported {src} without a merged decoder; this version of optimum-onnx is not supported")
 
 
-def _quantize(folder: Path, src_name: str, dst_name: str, isa: str, per_channel: bool) -> None:
+def _quantize_dynamic(folder: Path, src_name: str, dst_name: str, isa: str, per_channel: bool) -> None:
     from optimum.onnxruntime import ORTQuantizer
 
     with quiet(), scratch_dir(folder, "quantize") as tmp:

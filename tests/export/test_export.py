@@ -71,7 +71,9 @@ def test_int8_is_smaller_loads_and_answers_through_lamini_chat(exports):
     for kind in KINDS:
         folder = exports[kind]
         manifest = json.loads((folder / "export.json").read_text())
-        assert manifest["variants"]["int8"]["bytes"] < 0.6 * manifest["variants"]["fp32"]["bytes"]
+        assert manifest["variants"]["int8"]["bytes"] < manifest["variants"]["fp32"]["bytes"]
+        for graph in manifest["quantization"]["graphs"].values():  # every weight matrix went int8
+            assert graph["quantized_matmuls"] >= 1 and graph["fp32_matmuls_left"] == 0
         r = CliRunner().invoke(cli, ["chat", str(folder), "-p", "hello there", "--max-new-tokens", "6"])
         assert r.exit_code == 0, r.output
         assert r.output.strip()
@@ -82,7 +84,7 @@ def test_manifest_says_how_it_was_made(tiny_models, exports):
     assert m["source"]["sha256"] == checkpoint_sha256(tiny_models["t5"])
     assert m["task"] == "text2text-generation-with-past"
     assert m["quantization"]["isa"] in ("avx512_vnni", "avx512", "avx2", "arm64")
-    assert m["quantization"]["per_channel"] is True
+    assert m["quantization"]["bits"] == 8 and m["quantization"]["block_size"] == 32
     assert {"onnxruntime", "optimum", "optimum-onnx", "torch", "transformers"} <= set(m["versions"])
     assert m["variants"]["int8"]["files"] == ["encoder_model.onnx", "decoder_model_merged.onnx"]
     assert "encoder_file_name" in m["variants"]["fp32"]["load"]
@@ -109,6 +111,50 @@ def test_report_fields_are_present_and_sane(kind, exports):
     assert all(r["tokens_per_second"] > 0 for r in rep["speed"])
     md = (exports[kind] / "parity.md").read_text()
     assert "top-1 agreement" in md and "| ORT int8 | 8 |" in md
+
+
+def _tied_graph(path, vocab=4096, hidden=320):
+    """ids -> Gather(E) -> hidden states; x -> MatMul(x, Transpose(E)) -> logits: a tied embedding."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(0, 0.5, (vocab, hidden)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], axis=0),
+             helper.make_node("Transpose", ["E"], ["Et"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "Et"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "tied",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", hidden])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["b", "s", hidden]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", vocab])],
+        [numpy_helper.from_array(table, "E")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return table
+
+
+@pytest.mark.parametrize("hidden", [320, 300])  # 300: the last block of each row is padded
+def test_tied_embedding_is_stored_once_in_int8_and_looked_up_exactly(tmp_path, hidden):
+    import numpy as np
+    import onnxruntime as ort
+
+    from lamini_serve.export.quantize import quantize_weights
+
+    table = _tied_graph(tmp_path / "fp32.onnx", hidden=hidden)
+    info = quantize_weights(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", bits=8, block_size=32)
+    assert info["untied"] == 1 and info["quantized_matmuls"] == 1 and info["fp32_matmuls_left"] == 0
+    assert info["embedding_tables"]["E"].startswith("int8, shared with")
+    # one int8 copy with a 4-byte scale per 32 weights (+ padding to whole blocks): about 29%, not 2 x 25%
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.31 * (tmp_path / "fp32.onnx").stat().st_size
+    ids = np.array([[0, 5, 4095], [17, 17, 2]], dtype=np.int64)
+    x = np.random.default_rng(1).normal(size=(2, 3, hidden)).astype(np.float32)
+    h, logits = ort.InferenceSession(str(tmp_path / "int8.onnx")).run(None, {"ids": ids, "x": x})
+    want = table[ids]
+    step = np.abs(table).max() / 127  # the largest possible quantization step
+    assert h.shape == want.shape and np.abs(h - want).max() <= step / 2 + 1e-6
+    assert np.corrcoef(logits.ravel(), (x @ table.T).ravel())[0, 1] > 0.999
 
 
 def test_ort_sampling_is_seeded_and_streams_what_generate_returns(exports):
@@ -196,12 +242,12 @@ def test_instruction_sets():
 
 @pytest.mark.parametrize("fault", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_a_failed_or_interrupted_export_leaves_nothing(tiny_models, tmp_path, monkeypatch, fault):
-    import lamini_serve.export.exporter as ex
+    import lamini_serve.export.quantize as q
 
     def broken(*a, **k):
         raise fault
 
-    monkeypatch.setattr(ex, "_quantize", broken)
+    monkeypatch.setattr(q, "quantize_weights", broken)
     with pytest.raises(type(fault)):
         export_model(str(tiny_models["llama"]), tmp_path / "o", report_prompts=0)
     assert os.listdir(tmp_path) == []
