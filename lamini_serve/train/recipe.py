@@ -41,6 +41,7 @@ class TrainArgs:
     max_length: int = 512
     seed: int = 42
     packing: bool = True  # decoder-only: several examples per row, attention kept within each
+    answer_only_logits: bool = True  # decoder-only: lm_head and loss on the answer positions only (same loss)
     gradient_checkpointing: bool = False
     bf16: str = "auto"  # auto | true | false
     save_steps: int = 200

@@ -79,6 +79,7 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
+    from lamini_serve.train.loss import answer_only_trainer_class, supports_answer_only
     from lamini_serve.train.students import build_student
 
     args = student.args
@@ -127,6 +128,8 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     )
     common = dict(model=model, args=targs, train_dataset=ListDataset(rows), data_collator=collator,
                   callbacks=[_JsonlLogger(metrics_path)])
+    answer_only = (student.kd is None and spec.family is Family.CAUSAL and args.answer_only_logits
+                   and supports_answer_only(model))
     if student.kd is not None:
         from lamini_serve.models import ModelSpec
         from lamini_serve.train.kd import check_same_vocabulary, kd_trainer_class
@@ -137,6 +140,8 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
                               f"remove its kd section")
         check_same_vocabulary(tok, tspec.load_tokenizer(), student.name)
         trainer = kd_trainer_class()(**common, teacher=tspec.load_model(device="cpu", dtype="float32"), kd=student.kd)
+    elif answer_only:
+        trainer = answer_only_trainer_class()(**common)
     else:
         trainer = Trainer(**common)
     if resume and not checkpoints:
@@ -161,7 +166,7 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         "base": student.base or ("teacher layers" if student.init.from_teacher else "from config"),
         "train_loss": round(float(result.training_loss), 4), "steps": trainer.state.global_step,
         "seconds": round(seconds, 1), "examples": len(train_pairs), "tokens": real_tokens, "learning_rate": lr,
-        "effective_batch": args.per_device_batch_size * world * accum, "packing": packed,
+        "effective_batch": args.per_device_batch_size * world * accum, "packing": packed, "answer_only_logits": answer_only,
         "kd": dataclasses.asdict(student.kd) if student.kd else None,
     }
     if is_main():
@@ -239,7 +244,8 @@ def model_card(student: Student, s: dict[str, Any], recipe: Recipe, plotted: boo
         f"| family | {s['family']} |", f"| prompt format | {s['prompt_format']} |", f"| initial weights | {s['base']} |",
         f"| training examples | {s['examples']} ({s['tokens']} tokens) |", f"| dataset | `{recipe.dataset}` |",
         f"| steps | {s['steps']} |", f"| effective batch | {s['effective_batch']} |", f"| learning rate | {s['learning_rate']} |",
-        f"| packing | {s['packing']} |", f"| final training loss | {s['train_loss']} |", f"| time | {s['seconds']} s |",
+        f"| packing | {s['packing']} |", f"| lm_head on answer tokens only | {s.get('answer_only_logits', False)} |",
+        f"| final training loss | {s['train_loss']} |", f"| time | {s['seconds']} s |",
     ]
     if "rouge_l_after" in s:
         lines.append(f"| ROUGE-L vs the teacher on {s['compared_on']} held-out instructions | "

@@ -38,6 +38,7 @@ def test_two_process_data_parallel_with_gloo(tmp_path, tiny_tokenizer):
     card = json.loads((tmp_path / "herd" / "s" / "lamini.json").read_text())
     # 4 per device x 2 processes x 1 accumulation step = the effective batch of 8
     assert card["training"]["effective_batch"] == 8 and card["training"]["steps"] == 4
+    assert card["training"]["answer_only_logits"] is True  # the loss hook works through DDP's wrapper
     assert (tmp_path / "herd" / "s" / "model.safetensors").is_file()
 
 
