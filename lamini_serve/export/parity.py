@@ -92,55 +92,27 @@ def parity_report(
     log: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
     """The report as a dict (see the module docstring); `folder` holds the export."""
-    import numpy as np
-
     from lamini_serve.engine import TorchEngine
     from lamini_serve.export.exporter import graph_kinds
     from lamini_serve.ort_engine import OrtEngine
-    from lamini_serve.rouge import rouge_l
 
     export_spec = ModelSpec.resolve(folder)
     model = spec.load_model(device="cpu", dtype="float32")
     torch_engine = TorchEngine.from_loaded(spec, model, spec.load_tokenizer())
     engines = {v: OrtEngine(export_spec, variant=v, threads=threads) for v in variants}
     any_engine = next(iter(engines.values()))
-    tok, eos, pad = any_engine.tokenizer, any_engine._eos, any_engine.pad_id
-    start = getattr(any_engine, "decoder_start", None)
+    eos, pad = any_engine._eos, any_engine.pad_id
     prompts = parity_prompts(n_prompts)
     encoded = any_engine._encode([any_engine.prompt_text([{"role": "user", "content": p}]) for p in prompts])
 
-    greedy = SamplingParams(max_new_tokens=FORCED_TOKENS, repetition_penalty=1.0)
     refs = [_torch_greedy(model, ids, FORCED_TOKENS, eos, pad, spec.family) for ids in encoded]
-    ref_text = [tok.decode(r, skip_special_tokens=True) for r in refs]
     report: dict[str, Any] = {"prompts": n_prompts, "forced_tokens": FORCED_TOKENS, "variants": {}}
     for v, eng in engines.items():
-        agree = total = exact = 0
-        max_diff, diff_sum, diff_n = 0.0, 0.0, 0
-        rouges = []
-        for ids, ref, rtext in zip(encoded, refs, ref_text):
-            if not ref:
-                continue
-            t_logits = _torch_forced(model, ids, ref, spec.family, start)
-            o_logits = eng.forced_logits(ids, ref).astype(np.float32)
-            d = np.abs(t_logits - o_logits)
-            max_diff = max(max_diff, float(d.max()))
-            diff_sum += float(d.sum())
-            diff_n += d.size
-            agree += int((o_logits.argmax(-1) == np.asarray(ref)).sum())
-            total += len(ref)
-            mine = _until_eos(eng.generate_ids([ids], greedy)[0], eos)
-            exact += int(mine == ref)
-            rouges.append(rouge_l(tok.decode(mine, skip_special_tokens=True), rtext))
         report["variants"][v or "default"] = {
             "label": eng_label(folder, v),
             "files": [onnx_file(k, v) for k in graph_kinds(spec.family)],
             "bytes": sum(_size(folder, onnx_file(k, v)) for k in graph_kinds(spec.family)),
-            "max_abs_logit_diff": round(max_diff, 5),
-            "mean_abs_logit_diff": round(diff_sum / max(diff_n, 1), 6),
-            "top1_agreement": round(agree / max(total, 1), 4),
-            "positions": total,
-            "exact_match_32": round(exact / max(len(rouges), 1), 4),
-            "rouge_l": round(sum(rouges) / max(len(rouges), 1), 4),
+            **agreement(model, eng, encoded, refs, spec.family),
         }
         log(f"  {report['variants'][v or 'default']['label']}: top-1 agreement "
             f"{report['variants'][v or 'default']['top1_agreement']:.1%}")
@@ -148,6 +120,41 @@ def parity_report(
         report["speed"] = _speed(torch_engine, engines, folder, prompts, repeats, log)
     report["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
     return report
+
+
+def agreement(model, eng, encoded: Sequence[list[int]], refs: Sequence[list[int]], family: Family) -> dict[str, Any]:
+    """Parity of one ONNX engine with the PyTorch `model` along its greedy continuations `refs`."""
+    import numpy as np
+
+    from lamini_serve.rouge import rouge_l
+
+    tok, eos, start = eng.tokenizer, eng._eos, getattr(eng, "decoder_start", None)
+    greedy = SamplingParams(max_new_tokens=FORCED_TOKENS, repetition_penalty=1.0)
+    agree = total = exact = 0
+    max_diff, diff_sum, diff_n = 0.0, 0.0, 0
+    rouges = []
+    for ids, ref in zip(encoded, refs):
+        if not ref:
+            continue
+        t_logits = _torch_forced(model, ids, ref, family, start)
+        o_logits = eng.forced_logits(ids, ref).astype(np.float32)
+        d = np.abs(t_logits - o_logits)
+        max_diff = max(max_diff, float(d.max()))
+        diff_sum += float(d.sum())
+        diff_n += d.size
+        agree += int((o_logits.argmax(-1) == np.asarray(ref)).sum())
+        total += len(ref)
+        mine = _until_eos(eng.generate_ids([ids], greedy)[0], eos)
+        exact += int(mine == ref)
+        rouges.append(rouge_l(tok.decode(mine, skip_special_tokens=True), tok.decode(ref, skip_special_tokens=True)))
+    return {
+        "max_abs_logit_diff": round(max_diff, 5),
+        "mean_abs_logit_diff": round(diff_sum / max(diff_n, 1), 6),
+        "top1_agreement": round(agree / max(total, 1), 4),
+        "positions": total,
+        "exact_match_32": round(exact / max(len(rouges), 1), 4),
+        "rouge_l": round(sum(rouges) / max(len(rouges), 1), 4),
+    }
 
 
 def eng_label(folder: Path, variant: str) -> str:
