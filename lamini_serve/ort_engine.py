@@ -7,8 +7,10 @@ through transformers' generation loop, whose Python overhead per token costs as 
 as the int8 model itself on a CPU; this loop does only what a decode step needs
 (measured on the embedded teacher: int8 43.8 tok/s through optimum, 66.9 here).
 
-Past key/values stay inside ONNX Runtime between steps (I/O binding) unless
-`io_binding=False`. Decoder-only exports get left-padded batches; encoder-decoder
+With `io_binding=True` past key/values stay inside ONNX Runtime between steps; the
+default turns it on for GPU providers only, since on the CPU it measured no faster
+(embedded teacher, int8, batch 1: 64.4 tok/s bound, 66.5 not; see
+benchmarks/export_options.py). Decoder-only exports get left-padded batches; encoder-decoder
 exports run the encoder once and the merged decoder step by step.
 """
 
@@ -69,7 +71,7 @@ class OrtEngine:
     """A loaded ONNX export + tokenizer that answers conversations."""
 
     def __init__(self, spec: ModelSpec, variant: str | None = None, threads: int | None = None,
-                 io_binding: bool = True, providers: Sequence[str] | None = None):
+                 io_binding: bool | None = None, providers: Sequence[str] | None = None):
         import numpy as np  # noqa: F401  (fail early if missing)
 
         self.spec = spec
@@ -84,7 +86,8 @@ class OrtEngine:
             raise LaminiError(f"{folder} has no {missing[0]}: that variant was not exported")
         self.folder = folder
         self.tokenizer = spec.load_tokenizer()
-        self.io_binding = io_binding
+        on_cpu = all(p == "CPUExecutionProvider" for p in (providers or ["CPUExecutionProvider"]))
+        self.io_binding = (not on_cpu) if io_binding is None else io_binding
         self.threads = threads
         cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
         gen = folder / "generation_config.json"

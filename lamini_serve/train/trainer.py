@@ -146,8 +146,10 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         trainer = Trainer(**common)
     if resume and not checkpoints:
         log(f"{student.name}: no checkpoint to resume from in {work / 'checkpoints'}; starting afresh")
-    log(f"{student.name}: {spec.family.value}, {len(rows)} {'packed rows' if packed else 'examples'} "
-        f"({real_tokens} tokens, {label_tokens} trained on), lr {lr}, batch {args.per_device_batch_size} x {world} "
+    what = (f"{len(rows)} {'packed rows' if packed else 'examples'} ({real_tokens} tokens, {label_tokens} trained on)"
+            if spec.family is Family.CAUSAL else
+            f"{len(rows)} examples ({real_tokens} instruction tokens, {label_tokens} answer tokens)")
+    log(f"{student.name}: {spec.family.value}, {what}, lr {lr}, batch {args.per_device_batch_size} x {world} "
         f"x {accum} accumulation")
     t0 = time.time()
     try:
