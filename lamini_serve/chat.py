@@ -77,7 +77,11 @@ def _interactive_lines() -> Iterable[str]:
               help="Override the prompt format recorded in the checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps")
 @click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on GPUs that have it, else fp32), float32, bfloat16, float16")
-def chat(model, prompt, system, max_new_tokens, temperature, top_p, repetition_penalty, seed, prompt_format, device, dtype):
+@click.option("--variant", default=None, help="ONNX exports: which graph, e.g. fp32 or fp16 (default: the deployable int8).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX exports: ONNX Runtime threads (default: all cores, the fastest measured).")
+def chat(model, prompt, system, max_new_tokens, temperature, top_p, repetition_penalty, seed, prompt_format, device, dtype,
+         variant, threads):
     """Chat with MODEL: `embedded`, a checkpoint folder, an export from `lamini export`, or a hub id.
 
     Multi-turn and streamed. With -p, answer one prompt and exit.
@@ -100,7 +104,10 @@ def chat(model, prompt, system, max_new_tokens, temperature, top_p, repetition_p
         prompt = sys.stdin.read()
     spec = ModelSpec.resolve(model, prompt_format=prompt_format)
     click.echo(f"Loading {spec.describe()} ...", err=True)
-    engine = spec.load_engine(device=device, dtype=dtype)
+    if spec.runtime != "onnx" and (variant or threads):
+        raise click.UsageError("--variant and --threads are for ONNX exports (folders made by `lamini export`)")
+    ort_options = {k: v for k, v in (("variant", variant), ("threads", threads)) if v}
+    engine = spec.load_engine(device=device, dtype=dtype, **ort_options)
     out = sys.stdout
     if prompt is not None:
         if not prompt.strip():

@@ -79,6 +79,18 @@ def test_int8_is_smaller_loads_and_answers_through_lamini_chat(exports):
         assert r.output.strip()
 
 
+def test_chat_picks_a_variant_and_threads(tiny_models, exports):
+    args = ["-p", "hello there", "--max-new-tokens", "6", "--repetition-penalty", "1"]
+    torch_out = CliRunner().invoke(cli, ["chat", str(tiny_models["llama"]), *args])
+    fp32_out = CliRunner().invoke(cli, ["chat", str(exports["llama"]), "--variant", "fp32", "--threads", "1", *args])
+    assert torch_out.exit_code == 0 and fp32_out.exit_code == 0, fp32_out.output
+    assert fp32_out.stdout.strip() and fp32_out.stdout == torch_out.stdout  # the fp32 graph answers as PyTorch
+    bad = CliRunner().invoke(cli, ["chat", str(exports["llama"]), "--variant", "fp99", *args])
+    assert bad.exit_code == 1 and "no model_fp99.onnx: that variant was not exported" in bad.output
+    wrong = CliRunner().invoke(cli, ["chat", str(tiny_models["llama"]), "--threads", "2", *args])
+    assert wrong.exit_code == 2 and "for ONNX exports" in wrong.output
+
+
 def test_manifest_says_how_it_was_made(tiny_models, exports):
     m = json.loads((exports["t5"] / "export.json").read_text())
     assert m["source"]["sha256"] == checkpoint_sha256(tiny_models["t5"])
