@@ -42,13 +42,13 @@ def export(checkpoint, out, recipe, quantize, block_size, isa, per_tensor, fp16,
     """Export CHECKPOINT to ONNX in OUT, quantize it to int8, and report parity with PyTorch.
 
     CHECKPOINT is anything `lamini chat` takes: `embedded`, a folder from
-    `lamini train`, or a hub id. OUT stands alone: `lamini chat OUT`,
-    `lamini serve` and optimum's ORTModelFor*.from_pretrained(OUT) all load it.
+    `lamini train`, or a hub id. OUT stands alone: `lamini chat OUT` and
+    optimum's ORTModelFor*.from_pretrained(OUT) load it as it is.
 
     \b
       lamini export embedded runs/teacher-onnx
       lamini export runs/herd/smol-6l runs/onnx/smol-6l --check --min-top1 0.95
-      lamini export --herd recipes/quickstart-cpu.yaml
+      lamini export --herd quickstart-cpu      (every student of runs/herd into runs/herd-onnx)
     """
     from lamini_serve.export.exporter import ExportOptions
 
