@@ -69,7 +69,11 @@ def answer_only_trainer_class():
         """The Trainer, with the loss of `answer_only_loss` (normalised as the models' own)."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs:  # evaluation wants logits: the model's own path
+            # The model's own path where this one does not apply: evaluation wants logits;
+            # nn.DataParallel (several GPUs in one process) splits the batch under the hook's
+            # mask; label smoothing and a custom loss function work on full logits.
+            if (return_outputs or self.args.n_gpu > 1 or self.label_smoother is not None
+                    or self.compute_loss_func is not None):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if not self.model_accepts_loss_kwargs:
                 num_items_in_batch = None  # the Trainer divides by the accumulation steps itself
@@ -77,7 +81,7 @@ def answer_only_trainer_class():
             loss = answer_only_loss(model, inputs, num_items_in_batch, head=head)
             if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
                     and num_items_in_batch is not None):
-                loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
+                loss = loss * self.accelerator.num_processes
             return loss
 
     return AnswerOnlyTrainer

@@ -129,7 +129,7 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     common = dict(model=model, args=targs, train_dataset=ListDataset(rows), data_collator=collator,
                   callbacks=[_JsonlLogger(metrics_path)])
     answer_only = (student.kd is None and spec.family is Family.CAUSAL and args.answer_only_logits
-                   and supports_answer_only(model))
+                   and supports_answer_only(model) and targs.n_gpu <= 1)  # not under nn.DataParallel
     if student.kd is not None:
         from lamini_serve.models import ModelSpec
         from lamini_serve.train.kd import check_same_vocabulary, kd_trainer_class

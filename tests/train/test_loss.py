@@ -70,3 +70,26 @@ def test_models_with_capped_logits_keep_their_own_loss():
     assert not supports_answer_only(AutoModelForCausalLM.from_config(gemma2))
     assert not supports_answer_only(T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=1,
                                                                         num_heads=2, d_kv=8)))
+
+
+def test_the_trainer_uses_it_and_falls_back_where_it_does_not_apply(tiny_models, tiny_tokenizer, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    import lamini_serve.train.loss as loss_mod
+    from lamini_serve.train.data import ListDataset
+
+    spec = ModelSpec.resolve(tiny_models["llama"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    batch = CausalCollator(pad_id=tiny_tokenizer.pad_token_id)(encode_causal(PAIRS[:3], spec, tiny_tokenizer, 256))
+    calls = []
+    real = loss_mod.answer_only_loss
+    monkeypatch.setattr(loss_mod, "answer_only_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    want = model(**batch).loss.item()
+    for smoothing, used in ((0.0, True), (0.1, False)):
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], label_smoothing_factor=smoothing)
+        trainer = loss_mod.answer_only_trainer_class()(model=model, args=args, train_dataset=ListDataset([]))
+        calls.clear()
+        got = trainer.compute_loss(model, dict(batch)).item()
+        assert bool(calls) is used
+        if used:
+            assert abs(got - want) < 1e-5
