@@ -41,8 +41,7 @@ def main() -> None:
     from lamini_serve.engine import SamplingParams, TorchEngine
     from lamini_serve.export.exporter import ExportOptions, _quantize_dynamic, export_model
     from lamini_serve.export.isa import resolve_isa
-    from lamini_serve.export.parity import (FORCED_TOKENS, _tokens_per_second, _torch_greedy, agreement,
-                                            parity_prompts)
+    from lamini_serve.export.parity import _tokens_per_second, agreement, references
     from lamini_serve.export.quantize import quantize_weights
     from lamini_serve.models import Family, ModelSpec
     from lamini_serve.ort_engine import OrtEngine
@@ -86,10 +85,8 @@ def main() -> None:
         tok = spec.load_tokenizer()
         torch_engine = TorchEngine.from_loaded(spec, model, tok)
         base = OrtEngine(ModelSpec.resolve(folder))
-        prompts = parity_prompts(args.prompts)
-        encoded = base._encode([base.prompt_text([{"role": "user", "content": p}]) for p in prompts])
-        log(f"PyTorch greedy references for {len(encoded)} prompts")
-        refs = [_torch_greedy(model, ids, FORCED_TOKENS, base._eos, base.pad_id, spec.family) for ids in encoded]
+        log(f"PyTorch greedy references for {args.prompts} prompts")
+        prompts, encoded, refs = references(model, base, spec.family, args.prompts)
         conv = [[{"role": "user", "content": prompts[0]}]]
         params = SamplingParams(max_new_tokens=TOKENS, repetition_penalty=1.0, ignore_eos=True)
 

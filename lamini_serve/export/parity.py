@@ -100,12 +100,7 @@ def parity_report(
     model = spec.load_model(device="cpu", dtype="float32")
     torch_engine = TorchEngine.from_loaded(spec, model, spec.load_tokenizer())
     engines = {v: OrtEngine(export_spec, variant=v, threads=threads) for v in variants}
-    any_engine = next(iter(engines.values()))
-    eos, pad = any_engine._eos, any_engine.pad_id
-    prompts = parity_prompts(n_prompts)
-    encoded = any_engine._encode([any_engine.prompt_text([{"role": "user", "content": p}]) for p in prompts])
-
-    refs = [_torch_greedy(model, ids, FORCED_TOKENS, eos, pad, spec.family) for ids in encoded]
+    prompts, encoded, refs = references(model, next(iter(engines.values())), spec.family, n_prompts)
     report: dict[str, Any] = {"prompts": n_prompts, "forced_tokens": FORCED_TOKENS, "variants": {}}
     for v, eng in engines.items():
         report["variants"][v or "default"] = {
@@ -120,6 +115,14 @@ def parity_report(
         report["speed"] = _speed(torch_engine, engines, folder, prompts, repeats, log)
     report["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
     return report
+
+
+def references(model, eng, family: Family, n_prompts: int) -> tuple[list[str], list[list[int]], list[list[int]]]:
+    """The parity prompts, their token ids as `eng` prompts them, and PyTorch's greedy continuations."""
+    prompts = parity_prompts(n_prompts)
+    encoded = eng._encode([eng.prompt_text([{"role": "user", "content": p}]) for p in prompts])
+    refs = [_torch_greedy(model, ids, FORCED_TOKENS, eng._eos, eng.pad_id, family) for ids in encoded]
+    return prompts, encoded, refs
 
 
 def agreement(model, eng, encoded: Sequence[list[int]], refs: Sequence[list[int]], family: Family) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-IGNORE = -100
+from lamini_serve.train.data import IGNORE
 
 # Model types whose logits are exactly lm_head(base_model(...).last_hidden_state):
 # no logit scaling or soft-capping after the head. Others use the model's own loss.
