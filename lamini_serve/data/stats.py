@@ -61,6 +61,8 @@ def compute_stats(rows: list[dict[str, Any]], mattr_tokens: int = 1_000_000) -> 
         "response_words": _dist([len(w) for w in res_words]),
         "mattr_instructions": round(mattr(flat(ins_words)), 4),
         "mattr_responses": round(mattr(flat(res_words)), 4),
+        # answers the teacher stopped at its token limit (trained without an end-of-sequence token)
+        "truncated_responses": sum(1 for r in rows if r.get("finish_reason") == "length"),
     }
 
 
@@ -183,6 +185,10 @@ def report_markdown(stats: dict[str, Any], rows: list[dict[str, Any]], examples:
         lines.append(f"| {col.replace('_', ' ')} | {d['mean']} | {d['median']} | {d['p10']} | {d['p90']} | {d['max']} |")
     lines += ["", "Lexical diversity (MATTR, window 50):", "",
               f"- instructions: {stats['mattr_instructions']}", f"- responses: {stats['mattr_responses']}", ""]
+    if stats.get("truncated_responses"):
+        cut = stats["truncated_responses"]
+        lines += [f"{cut} responses ({cut / max(stats['rows'], 1):.0%}) stopped at the teacher's token limit "
+                  f"(raise it with --resp-max-tokens); `lamini train` trains them without an end-of-sequence token.", ""]
     for png in stats.get("plots", []):
         lines.append(f"![{png}]({png})\n")
     if rows:

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
-
 from lamini_serve.errors import LaminiError
+from lamini_serve.hardware import cpu_flags, is_arm
 
 # Best first. Names follow optimum's AutoQuantizationConfig constructors.
 ISAS = ("avx512_vnni", "avx512", "avx2", "arm64")
 _NEEDS = {"avx512_vnni": {"avx512_vnni", "avx512f"}, "avx512": {"avx512f"}, "avx2": {"avx2"}}
 
 
-def cpu_flags() -> set[str]:
-    """CPU feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    info = Path("/proc/cpuinfo")
-    if not info.is_file():
-        return set()
-    for line in info.read_text(errors="replace").splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def _is_arm() -> bool:
-    return platform.machine().lower() in ("arm64", "aarch64")
-
-
 def supported_isas(flags: set[str] | None = None, arm: bool | None = None) -> list[str]:
-    arm = _is_arm() if arm is None else arm
+    arm = is_arm() if arm is None else arm
     if arm:
         return ["arm64"]
     flags = cpu_flags() if flags is None else flags

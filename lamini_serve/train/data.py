@@ -2,7 +2,7 @@
 
 Decoder-only: the student's prompt (the format it will be served with, rendered by
 ModelSpec exactly as at inference) + the answer + EOS; labels are -100 on the
-prompt. Packing puts several examples in one row and keeps them apart with a
+prompt. An answer the teacher cut at its token limit gets no EOS. Packing puts several examples in one row and keeps them apart with a
 block-diagonal causal mask and positions that restart at each example, so no
 token attends across examples and no label leaks.
 
@@ -60,7 +60,11 @@ def load_pairs(dataset: str) -> list[dict[str, str]]:
     if missing:
         raise LaminiError(f"{dataset}: missing column(s) {', '.join(sorted(missing))}; "
                           f"a training set needs instruction and response (columns: {', '.join(list(rows[0])[:10])})")
-    return [{"instruction": str(r["instruction"]), "response": str(r["response"])} for r in rows
+    # An answer the teacher stopped at its token limit (finish_reason "length", as `lamini data`
+    # and the OpenAI API record it) is trained without an end-of-sequence token: the student
+    # learns its words, not to stop mid-sentence.
+    return [{"instruction": str(r["instruction"]), "response": str(r["response"]),
+             "truncated": r.get("finish_reason") == "length"} for r in rows
             if r.get("instruction") and r.get("response")]
 
 
@@ -86,7 +90,9 @@ def encode_causal(pairs: Sequence[dict[str, str]], spec: ModelSpec, tok, max_len
     for p in pairs:
         prompt = spec.prompt(p["instruction"], tok)
         prompt_ids = tok(prompt, add_special_tokens=spec.add_special_tokens)["input_ids"]
-        answer_ids = tok(prefix + p["response"].strip(), add_special_tokens=False)["input_ids"] + [eos]
+        answer_ids = tok(prefix + p["response"].strip(), add_special_tokens=False)["input_ids"]
+        if not p.get("truncated"):
+            answer_ids.append(eos)
         if len(prompt_ids) >= max_length - 1:
             continue
         ids = (prompt_ids + answer_ids)[:max_length]
@@ -101,7 +107,9 @@ def encode_seq2seq(pairs: Sequence[dict[str, str]], spec: ModelSpec, tok, max_le
     for p in pairs:
         ids = tok(spec.prompt(p["instruction"], tok), add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
         labels = tok(p["response"].strip(), add_special_tokens=True, truncation=True, max_length=max_length - 1)["input_ids"]
-        if not labels or labels[-1] != eos:
+        if p.get("truncated"):
+            labels = labels[:-1] if labels and labels[-1] == eos else labels
+        elif not labels or labels[-1] != eos:
             labels = labels + [eos]
         out.append({"input_ids": ids, "labels": labels})
     return out
@@ -169,6 +177,10 @@ class CausalCollator:
             for j in range(start, width):
                 mask4[i, 0, j, j] = 0.0
         return {"input_ids": ids, "attention_mask": mask4, "position_ids": pos, "labels": labels}
+
+
+def count_truncated(pairs: Sequence[dict[str, Any]]) -> int:
+    return sum(1 for p in pairs if p.get("truncated"))
 
 
 def count_tokens(rows: Sequence[dict[str, list[int]]]) -> tuple[int, int]:

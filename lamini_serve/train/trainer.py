@@ -13,8 +13,8 @@ from typing import Any
 
 from lamini_serve.errors import LaminiError
 from lamini_serve.models import Family, write_metadata
-from lamini_serve.train.data import (CausalCollator, ListDataset, count_tokens, family_encoder, load_pairs, pack,
-                                     split_pairs)
+from lamini_serve.train.data import (CausalCollator, ListDataset, count_tokens, count_truncated, family_encoder,
+                                     load_pairs, pack, split_pairs)
 from lamini_serve.train.recipe import Recipe, Student
 
 FAMILY_LR = {Family.SEQ2SEQ: 5e-4, Family.CAUSAL: 2e-5}
@@ -33,15 +33,27 @@ def grad_accum(effective: int, per_device: int, world: int) -> int:
     return max(1, math.ceil(effective / (per_device * world)))
 
 
-def use_bf16(flag: str) -> bool:
+def use_bf16(flag: str, cuda: bool | None = None, gpu_bf16: bool | None = None, cpu_bf16: bool | None = None) -> bool:
+    """Mixed precision in bfloat16 (fp32 master weights, bf16 matmuls under autocast)?
+
+    `auto`: on a GPU that has bfloat16 (Ampere and newer), and on a CPU that multiplies
+    bfloat16 in hardware (AVX-512 BF16 or AMX); fp32 elsewhere, where bf16 would be
+    emulated and slower. `true` forces it on a CPU; on a GPU without bf16 it is an error.
+    """
     import torch
+
+    from lamini_serve.hardware import cpu_native_bf16
 
     if flag == "false":
         return False
-    ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if flag == "true" and not ok:
-        raise LaminiError("bf16: true needs a GPU with bfloat16 support; set bf16: auto or false")
-    return ok
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda:
+        ok = torch.cuda.is_bf16_supported() if gpu_bf16 is None else gpu_bf16
+        if flag == "true" and not ok:
+            raise LaminiError("bf16: true, but this GPU has no bfloat16 (it needs Ampere or newer); "
+                              "set bf16: auto or false")
+        return ok
+    return flag == "true" or (cpu_native_bf16() if cpu_bf16 is None else cpu_bf16)
 
 
 class _JsonlLogger:
@@ -116,11 +128,12 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     checkpoints = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if resume else []
     _trim_metrics(metrics_path, int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0)
     report = ["tensorboard"] if _has_tensorboard() else []
+    bf16 = use_bf16(args.bf16)
     targs = TrainingArguments(
         output_dir=str(work / "checkpoints"), per_device_train_batch_size=args.per_device_batch_size,
         gradient_accumulation_steps=accum, learning_rate=lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, lr_scheduler_type="linear", num_train_epochs=args.epochs,
-        max_steps=args.max_steps, seed=args.seed, bf16=use_bf16(args.bf16), logging_steps=args.logging_steps,
+        max_steps=args.max_steps, seed=args.seed, bf16=bf16, logging_steps=args.logging_steps,
         save_steps=args.save_steps, save_total_limit=2, report_to=report, logging_dir=str(work / "tensorboard"),
         remove_unused_columns=False, dataloader_num_workers=0, optim="adamw_torch",
         gradient_checkpointing=args.gradient_checkpointing, group_by_length=spec.family is Family.SEQ2SEQ,
@@ -150,7 +163,11 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
             if spec.family is Family.CAUSAL else
             f"{len(rows)} examples ({real_tokens} instruction tokens, {label_tokens} answer tokens)")
     log(f"{student.name}: {spec.family.value}, {what}, lr {lr}, batch {args.per_device_batch_size} x {world} "
-        f"x {accum} accumulation")
+        f"x {accum} accumulation, {'bf16 mixed precision' if bf16 else 'fp32'}")
+    cut = count_truncated(train_pairs)
+    if cut:
+        log(f"{student.name}: {cut} of {len(train_pairs)} answers were cut at the teacher's token limit; "
+            f"they are trained without an end-of-sequence token")
     t0 = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=True if checkpoints else None)
@@ -167,8 +184,9 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         "student": student.name, "family": spec.family.value, "prompt_format": spec.prompt_format.value,
         "base": student.base or ("teacher layers" if student.init.from_teacher else "from config"),
         "train_loss": round(float(result.training_loss), 4), "steps": trainer.state.global_step,
-        "seconds": round(seconds, 1), "examples": len(train_pairs), "tokens": real_tokens, "learning_rate": lr,
-        "effective_batch": args.per_device_batch_size * world * accum, "packing": packed, "answer_only_logits": answer_only,
+        "seconds": round(seconds, 1), "examples": len(train_pairs), "truncated_answers": count_truncated(train_pairs), "tokens": real_tokens, "learning_rate": lr,
+        "effective_batch": args.per_device_batch_size * world * accum, "precision": "bf16 mixed" if bf16 else "fp32",
+        "packing": packed, "answer_only_logits": answer_only,
         "kd": dataclasses.asdict(student.kd) if student.kd else None,
     }
     if is_main():
@@ -246,7 +264,7 @@ def model_card(student: Student, s: dict[str, Any], recipe: Recipe, plotted: boo
         f"| family | {s['family']} |", f"| prompt format | {s['prompt_format']} |", f"| initial weights | {s['base']} |",
         f"| training examples | {s['examples']} ({s['tokens']} tokens) |", f"| dataset | `{recipe.dataset}` |",
         f"| steps | {s['steps']} |", f"| effective batch | {s['effective_batch']} |", f"| learning rate | {s['learning_rate']} |",
-        f"| packing | {s['packing']} |", f"| lm_head on answer tokens only | {s.get('answer_only_logits', False)} |",
+        f"| precision | {s.get('precision', 'fp32')} |", f"| packing | {s['packing']} |", f"| lm_head on answer tokens only | {s.get('answer_only_logits', False)} |",
         f"| final training loss | {s['train_loss']} |", f"| time | {s['seconds']} s |",
     ]
     if "rouge_l_after" in s:

@@ -80,7 +80,8 @@ def test_describe_writes_report_and_plots(tmp_path):
     import pyarrow.parquet as pq
 
     rows = [{"instruction": f"Explain topic number {i} in simple words.", "response": f"Topic {i} is simple. " * 3,
-             "instruction_source": "seed" if i % 2 else "topic_guided"} for i in range(30)]
+             "instruction_source": "seed" if i % 2 else "topic_guided",
+             "finish_reason": "length" if i < 3 else "stop"} for i in range(30)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "dataset.parquet")
     s = describe(tmp_path / "dataset.parquet")
     assert s["rows"] == 30 and s["per_source"] == {"seed": 15, "topic_guided": 15}
@@ -89,3 +90,4 @@ def test_describe_writes_report_and_plots(tmp_path):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 100
     assert (tmp_path / "instructions_tsne.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "stats.json").read_text())["rows"] == 30
+    assert s["truncated_responses"] == 3 and "3 responses (10%) stopped" in (tmp_path / "stats.md").read_text()

@@ -5,10 +5,11 @@ import torch
 
 from lamini_serve.models import ModelSpec
 from lamini_serve.prompts import PromptFormat
-from lamini_serve.train.data import IGNORE, CausalCollator, encode_causal, encode_seq2seq, pack
+from lamini_serve.train.data import IGNORE, CausalCollator, encode_causal, encode_seq2seq, load_pairs, pack
 from lamini_serve.train.recipe import parse_recipe
 from lamini_serve.train.students import evenly_spaced, student_from_teacher
-from lamini_serve.train.trainer import grad_accum, train_student
+from lamini_serve.errors import LaminiError
+from lamini_serve.train.trainer import grad_accum, train_student, use_bf16
 
 PAIRS = [{"instruction": f"Name fact {i} about the sea.", "response": f"The sea fact {i} is wet and blue."} for i in range(24)]
 
@@ -32,6 +33,38 @@ def test_seq2seq_examples(tiny_models, tiny_tokenizer):
     [ex] = encode_seq2seq(PAIRS[:1], spec, tiny_tokenizer, 64)
     assert tiny_tokenizer.decode(ex["input_ids"]) == PAIRS[0]["instruction"]
     assert tiny_tokenizer.decode(ex["labels"]) == PAIRS[0]["response"] + tiny_tokenizer.eos_token
+
+
+def test_answers_cut_at_the_token_limit_get_no_eos(tmp_path, tiny_models, tiny_tokenizer):
+    rows = [{"instruction": "Say a lot.", "response": "It goes on and on and", "finish_reason": "length"},
+            {"instruction": "Say a little.", "response": "Done.", "finish_reason": "stop"}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cut, whole = load_pairs(str(data))
+    assert cut["truncated"] and not whole["truncated"]
+    eos = tiny_tokenizer.eos_token_id
+    for kind, encode in (("llama", encode_causal), ("gpt2", encode_causal), ("t5", encode_seq2seq)):
+        a, b = encode([cut, whole], ModelSpec.resolve(tiny_models[kind]), tiny_tokenizer, 64)
+        assert a["labels"][-1] != eos and tiny_tokenizer.decode(a["labels"][-3:]).endswith("on and"), kind
+        assert b["labels"][-1] == eos, kind
+
+
+def test_bf16_where_the_hardware_has_it():
+    assert use_bf16("false", cuda=True, gpu_bf16=True) is False
+    assert use_bf16("auto", cuda=True, gpu_bf16=True) is True
+    assert use_bf16("auto", cuda=True, gpu_bf16=False) is False  # a T4 or V100 trains in fp32
+    with pytest.raises(LaminiError, match="no bfloat16"):
+        use_bf16("true", cuda=True, gpu_bf16=False)
+    assert use_bf16("auto", cuda=False, cpu_bf16=True) is True  # AVX-512 BF16 / AMX
+    assert use_bf16("auto", cuda=False, cpu_bf16=False) is False  # emulated bf16 is slower than fp32
+    assert use_bf16("true", cuda=False, cpu_bf16=False) is True
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from lamini_serve.hardware import cpu_native_bf16
+
+    assert cpu_native_bf16({"avx512f", "avx512_bf16"}) and cpu_native_bf16({"amx_bf16", "avx2"})
+    assert not cpu_native_bf16({"avx512f", "avx512_vnni", "avx2"}) and not cpu_native_bf16(set())
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -113,6 +146,22 @@ def test_a_tiny_student_trains_and_its_loss_falls(tmp_path, tiny_tokenizer, kind
     for f in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "training_curve.png"):
         assert (out / f).is_file(), f
     assert ModelSpec.resolve(out).prompt_format.value == meta["prompt_format"]
+
+
+def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path, tiny_tokenizer):
+    from lamini_serve.testing import make_tiny_model
+
+    base = make_tiny_model("llama", tmp_path / "base", tokenizer=tiny_tokenizer, wide_init=False)
+    r = _recipe(tmp_path, base, max_steps=12, bf16="true")
+    s = train_student(r, r.students[0], log=lambda m: None)
+    losses = _losses(tmp_path / "herd" / "s" / "metrics.jsonl")
+    assert s["precision"] == "bf16 mixed" and s["answer_only_logits"]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "herd" / "s" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # the fp32 master weights are saved
+    assert "| precision | bf16 mixed |" in (tmp_path / "herd" / "s" / "README.md").read_text()
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, tiny_models):
