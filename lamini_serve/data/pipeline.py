@@ -27,7 +27,7 @@ from lamini_serve.data.store import Store
 from lamini_serve.data.text import stable_hash, with_input
 from lamini_serve.errors import LaminiError
 from lamini_serve.prompts import LAMINI_TEACHER_SYSTEM
-from lamini_serve.teacher.client import Request, Result
+from lamini_serve.teacher.client import Request, Result, cut_at_limit
 
 DATASET = "dataset.parquet"
 REJECTED = "rejected.parquet"
@@ -224,7 +224,7 @@ def run_data(cfg: DataConfig, teacher, log=lambda m: print(m, file=sys.stderr, f
         def store_call(res: Result) -> str | None:
             p = by_key[res.key]
             items = parse_instructions(res.text, style, p.examples, limit=how_many(p.examples))
-            if res.finish_reason == "length" and items:
+            if cut_at_limit(res.finish_reason) and items:
                 items = items[:-1]  # the last item was cut off by the token limit
             store.add_call(res.key, p.request.kind, p.source, res.text, items, res.prompt_tokens, res.completion_tokens)
             return None if items else "no instructions in the output"

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from lamini_serve.data.text import words
 from lamini_serve.errors import LaminiError
+from lamini_serve.teacher.client import cut_at_limit
 
 
 def mattr(tokens: Sequence[str], window: int = 50) -> float:
@@ -62,7 +63,7 @@ def compute_stats(rows: list[dict[str, Any]], mattr_tokens: int = 1_000_000) -> 
         "mattr_instructions": round(mattr(flat(ins_words)), 4),
         "mattr_responses": round(mattr(flat(res_words)), 4),
         # answers the teacher stopped at its token limit (trained without an end-of-sequence token)
-        "truncated_responses": sum(1 for r in rows if r.get("finish_reason") == "length"),
+        "truncated_responses": sum(1 for r in rows if cut_at_limit(r.get("finish_reason"))),
     }
 
 

@@ -6,7 +6,8 @@ prompt. An answer the teacher cut at its token limit gets no EOS. Packing puts s
 block-diagonal causal mask and positions that restart at each example, so no
 token attends across examples and no label leaks.
 
-Encoder-decoder: the instruction (raw) -> the answer + EOS.
+Encoder-decoder: the instruction (raw) -> the answer + EOS (again no EOS on an answer
+cut at the teacher's limit, or at max_length).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any, Sequence
 from lamini_serve.errors import LaminiError
 from lamini_serve.models import Family, ModelSpec
 from lamini_serve.prompts import ALPACA_RESPONSE_PREFIX, PromptFormat
+from lamini_serve.teacher.client import cut_at_limit
 
 IGNORE = -100
 
 
-def load_pairs(dataset: str) -> list[dict[str, str]]:
+def load_pairs(dataset: str) -> list[dict[str, Any]]:
     """(instruction, response) rows from a Parquet/JSONL file, a `lamini data` run folder, or a hub dataset."""
     p = Path(dataset).expanduser()
     if p.is_dir():
@@ -64,11 +66,11 @@ def load_pairs(dataset: str) -> list[dict[str, str]]:
     # and the OpenAI API record it) is trained without an end-of-sequence token: the student
     # learns its words, not to stop mid-sentence.
     return [{"instruction": str(r["instruction"]), "response": str(r["response"]),
-             "truncated": r.get("finish_reason") == "length"} for r in rows
+             "truncated": cut_at_limit(r.get("finish_reason"))} for r in rows
             if r.get("instruction") and r.get("response")]
 
 
-def split_pairs(pairs: list[dict[str, str]], eval_share: float, seed: int) -> tuple[list, list]:
+def split_pairs(pairs: list[dict[str, Any]], eval_share: float, seed: int) -> tuple[list, list]:
     rows = list(pairs)
     random.Random(seed).shuffle(rows)
     n_eval = int(round(len(rows) * eval_share)) if eval_share > 0 else 0
@@ -82,7 +84,7 @@ def _eos_id(tok) -> int:
     return tok.eos_token_id
 
 
-def encode_causal(pairs: Sequence[dict[str, str]], spec: ModelSpec, tok, max_length: int) -> list[dict[str, list[int]]]:
+def encode_causal(pairs: Sequence[dict[str, Any]], spec: ModelSpec, tok, max_length: int) -> list[dict[str, list[int]]]:
     """input_ids and labels (-100 on the prompt) for each pair; too-long prompts are skipped."""
     out = []
     eos = _eos_id(tok)
@@ -101,16 +103,16 @@ def encode_causal(pairs: Sequence[dict[str, str]], spec: ModelSpec, tok, max_len
     return out
 
 
-def encode_seq2seq(pairs: Sequence[dict[str, str]], spec: ModelSpec, tok, max_length: int) -> list[dict[str, list[int]]]:
+def encode_seq2seq(pairs: Sequence[dict[str, Any]], spec: ModelSpec, tok, max_length: int) -> list[dict[str, list[int]]]:
     out = []
     eos = _eos_id(tok)
     for p in pairs:
         ids = tok(spec.prompt(p["instruction"], tok), add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
-        labels = tok(p["response"].strip(), add_special_tokens=True, truncation=True, max_length=max_length - 1)["input_ids"]
-        if p.get("truncated"):
-            labels = labels[:-1] if labels and labels[-1] == eos else labels
-        elif not labels or labels[-1] != eos:
-            labels = labels + [eos]
+        # No special tokens from the tokenizer (a T5 tokenizer would append EOS even to an answer
+        # it cut): EOS goes on only where the answer really ended.
+        labels = tok(p["response"].strip(), add_special_tokens=False)["input_ids"]
+        cut = p.get("truncated") or len(labels) > max_length - 1
+        labels = labels[:max_length - 1] + ([] if cut else [eos])
         out.append({"input_ids": ids, "labels": labels})
     return out
 

@@ -48,7 +48,7 @@ def use_bf16(flag: str, cuda: bool | None = None, gpu_bf16: bool | None = None, 
         return False
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
-        ok = torch.cuda.is_bf16_supported() if gpu_bf16 is None else gpu_bf16
+        ok = torch.cuda.is_bf16_supported(including_emulation=False) if gpu_bf16 is None else gpu_bf16
         if flag == "true" and not ok:
             raise LaminiError("bf16: true, but this GPU has no bfloat16 (it needs Ampere or newer); "
                               "set bf16: auto or false")
@@ -129,6 +129,10 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     _trim_metrics(metrics_path, int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0)
     report = ["tensorboard"] if _has_tensorboard() else []
     bf16 = use_bf16(args.bf16)
+    # The Trainer's Accelerator reads its precision from this variable, which TrainingArguments
+    # sets for bf16=True and leaves alone otherwise: set it either way, so that a student in fp32
+    # after one in bf16 (one process, or a launcher config that says bf16) really runs in fp32.
+    os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if bf16 else "no"
     targs = TrainingArguments(
         output_dir=str(work / "checkpoints"), per_device_train_batch_size=args.per_device_batch_size,
         gradient_accumulation_steps=accum, learning_rate=lr, weight_decay=args.weight_decay,
@@ -184,8 +188,8 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         "student": student.name, "family": spec.family.value, "prompt_format": spec.prompt_format.value,
         "base": student.base or ("teacher layers" if student.init.from_teacher else "from config"),
         "train_loss": round(float(result.training_loss), 4), "steps": trainer.state.global_step,
-        "seconds": round(seconds, 1), "examples": len(train_pairs), "truncated_answers": count_truncated(train_pairs), "tokens": real_tokens, "learning_rate": lr,
-        "effective_batch": args.per_device_batch_size * world * accum, "precision": "bf16 mixed" if bf16 else "fp32",
+        "seconds": round(seconds, 1), "examples": len(train_pairs), "truncated_answers": cut, "tokens": real_tokens, "learning_rate": lr,
+        "effective_batch": args.per_device_batch_size * world * accum, "precision": "bf16 mixed" if trainer.accelerator.mixed_precision == "bf16" else "fp32",
         "packing": packed, "answer_only_logits": answer_only,
         "kd": dataclasses.asdict(student.kd) if student.kd else None,
     }

@@ -47,6 +47,10 @@ def test_answers_cut_at_the_token_limit_get_no_eos(tmp_path, tiny_models, tiny_t
         a, b = encode([cut, whole], ModelSpec.resolve(tiny_models[kind]), tiny_tokenizer, 64)
         assert a["labels"][-1] != eos and tiny_tokenizer.decode(a["labels"][-3:]).endswith("on and"), kind
         assert b["labels"][-1] == eos, kind
+    # an answer cut at max_length gets no EOS either, whatever the tokenizer appends
+    [long] = encode_seq2seq([{"instruction": "Go on.", "response": "word " * 50}], ModelSpec.resolve(tiny_models["t5"]),
+                            tiny_tokenizer, 8)
+    assert len(long["labels"]) == 7 and eos not in long["labels"]
 
 
 def test_bf16_where_the_hardware_has_it():
@@ -121,7 +125,7 @@ def _recipe(tmp_path, base, **args):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS * 2))
     defaults = {"effective_batch_size": 8, "per_device_batch_size": 8, "max_length": 64, "logging_steps": 1,
-                "save_steps": 5, "eval_share": 0.0, "learning_rate": 3e-3, **args}
+                "save_steps": 5, "eval_share": 0.0, "learning_rate": 3e-3, "bf16": "false", **args}
     return parse_recipe({"dataset": str(data), "output": str(tmp_path / "herd"), "defaults": defaults,
                          "students": [{"name": "s", "base": str(base)}]}, "test.yaml")
 
@@ -148,9 +152,10 @@ def test_a_tiny_student_trains_and_its_loss_falls(tmp_path, tiny_tokenizer, kind
     assert ModelSpec.resolve(out).prompt_format.value == meta["prompt_format"]
 
 
-def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path, tiny_tokenizer):
+def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path, tiny_tokenizer, monkeypatch):
     from lamini_serve.testing import make_tiny_model
 
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # restored after the test
     base = make_tiny_model("llama", tmp_path / "base", tokenizer=tiny_tokenizer, wide_init=False)
     r = _recipe(tmp_path, base, max_steps=12, bf16="true")
     s = train_student(r, r.students[0], log=lambda m: None)
@@ -162,6 +167,10 @@ def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path, tiny_tokenizer):
     with safe_open(str(tmp_path / "herd" / "s" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # the fp32 master weights are saved
     assert "| precision | bf16 mixed |" in (tmp_path / "herd" / "s" / "README.md").read_text()
+    # the next student of the same process, in fp32, really runs in fp32 (precision is read from the Trainer)
+    (tmp_path / "b").mkdir()
+    r2 = _recipe(tmp_path / "b", base, max_steps=2)
+    assert train_student(r2, r2.students[0], log=lambda m: None)["precision"] == "fp32"
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, tiny_models):
