@@ -51,7 +51,7 @@ def run_mode(args, mode: str, precision: str) -> dict:
     import torch
 
     from lamini_serve.models import ModelSpec
-    from lamini_serve.train.data import CausalCollator, encode_causal, load_pairs, pack
+    from lamini_serve.train.data import IGNORE, CausalCollator, encode_causal, load_pairs, pack
     from lamini_serve.train.loss import answer_only_loss
     from lamini_serve.train.students import student_from_teacher
 
@@ -90,7 +90,7 @@ def run_mode(args, mode: str, precision: str) -> dict:
         else:
             real += sum(len(r["input_ids"]) for r in batch_rows)
             padded += batch["input_ids"].numel()
-            head_positions = int((batch["labels"][:, 1:] != -100).sum()) if answer_only else batch["input_ids"].numel()
+            head_positions = int((batch["labels"][:, 1:] != IGNORE).sum()) if answer_only else batch["input_ids"].numel()
             flops += 6 * (blocks * batch["input_ids"].numel() + head * head_positions)
         steps += 1
     dt = time.perf_counter() - t0

@@ -2,9 +2,10 @@
 
 Decoder-only: the student's prompt (the format it will be served with, rendered by
 ModelSpec exactly as at inference) + the answer + EOS; labels are -100 on the
-prompt. An answer the teacher cut at its token limit gets no EOS. Packing puts several examples in one row and keeps them apart with a
-block-diagonal causal mask and positions that restart at each example, so no
-token attends across examples and no label leaks.
+prompt. An answer the teacher cut at its token limit gets no EOS. Packing puts
+several examples in one row and keeps them apart with a block-diagonal causal mask
+and positions that restart at each example, so no token attends across examples and
+no label leaks.
 
 Encoder-decoder: the instruction (raw) -> the answer + EOS (again no EOS on an answer
 cut at the teacher's limit, or at max_length).

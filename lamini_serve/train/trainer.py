@@ -161,13 +161,14 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         trainer = answer_only_trainer_class()(**common)
     else:
         trainer = Trainer(**common)
+    precision = "bf16 mixed" if trainer.accelerator.mixed_precision == "bf16" else "fp32"  # as the Trainer runs it
     if resume and not checkpoints:
         log(f"{student.name}: no checkpoint to resume from in {work / 'checkpoints'}; starting afresh")
     what = (f"{len(rows)} {'packed rows' if packed else 'examples'} ({real_tokens} tokens, {label_tokens} trained on)"
             if spec.family is Family.CAUSAL else
             f"{len(rows)} examples ({real_tokens} instruction tokens, {label_tokens} answer tokens)")
     log(f"{student.name}: {spec.family.value}, {what}, lr {lr}, batch {args.per_device_batch_size} x {world} "
-        f"x {accum} accumulation, {'bf16 mixed precision' if bf16 else 'fp32'}")
+        f"x {accum} accumulation, {precision} precision")
     cut = count_truncated(train_pairs)
     if cut:
         log(f"{student.name}: {cut} of {len(train_pairs)} answers were cut at the teacher's token limit; "
@@ -189,7 +190,7 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         "base": student.base or ("teacher layers" if student.init.from_teacher else "from config"),
         "train_loss": round(float(result.training_loss), 4), "steps": trainer.state.global_step,
         "seconds": round(seconds, 1), "examples": len(train_pairs), "truncated_answers": cut, "tokens": real_tokens, "learning_rate": lr,
-        "effective_batch": args.per_device_batch_size * world * accum, "precision": "bf16 mixed" if trainer.accelerator.mixed_precision == "bf16" else "fp32",
+        "effective_batch": args.per_device_batch_size * world * accum, "precision": precision,
         "packing": packed, "answer_only_logits": answer_only,
         "kd": dataclasses.asdict(student.kd) if student.kd else None,
     }

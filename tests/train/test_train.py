@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
+from lamini_serve.errors import LaminiError
 from lamini_serve.models import ModelSpec
 from lamini_serve.prompts import PromptFormat
 from lamini_serve.train.data import IGNORE, CausalCollator, encode_causal, encode_seq2seq, load_pairs, pack
 from lamini_serve.train.recipe import parse_recipe
 from lamini_serve.train.students import evenly_spaced, student_from_teacher
-from lamini_serve.errors import LaminiError
 from lamini_serve.train.trainer import grad_accum, train_student, use_bf16
 
 PAIRS = [{"instruction": f"Name fact {i} about the sea.", "response": f"The sea fact {i} is wet and blue."} for i in range(24)]
