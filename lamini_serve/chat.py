@@ -92,9 +92,10 @@ def chat(model, prompt, system, max_new_tokens, temperature, top_p, repetition_p
       lamini chat ./runs/quickstart/t5-small --max-new-tokens 128
       lamini chat ./runs/teacher-onnx          (ONNX Runtime, int8)
     """
-    from lamini_serve.engine import SamplingParams
-    from lamini_serve.models import ModelSpec
+    from lamini_serve.engines import load_engine
+    from lamini_serve.generation import SamplingParams
     from lamini_serve.prompts import conversation
+    from lamini_serve.teacher.embedded import resolve_model
 
     params = SamplingParams(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -102,12 +103,12 @@ def chat(model, prompt, system, max_new_tokens, temperature, top_p, repetition_p
     )
     if prompt == "-":
         prompt = sys.stdin.read()
-    spec = ModelSpec.resolve(model, prompt_format=prompt_format)
+    spec = resolve_model(model, prompt_format=prompt_format)
     click.echo(f"Loading {spec.describe()} ...", err=True)
     if spec.runtime != "onnx" and (variant or threads):
         raise click.UsageError("--variant and --threads are for ONNX exports (folders made by `lamini export`)")
     ort_options = {k: v for k, v in (("variant", variant), ("threads", threads)) if v}
-    engine = spec.load_engine(device=device, dtype=dtype, **ort_options)
+    engine = load_engine(spec, device=device, dtype=dtype, **ort_options)
     out = sys.stdout
     if prompt is not None:
         if not prompt.strip():

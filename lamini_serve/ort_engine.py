@@ -20,9 +20,15 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from lamini_serve.engine import Completion, SamplingParams, cut_at_stop, visible_pieces
+from lamini_serve.checkpoint import is_onnx_folder, onnx_file
 from lamini_serve.errors import LaminiError
-from lamini_serve.models import Family, ModelSpec, is_onnx_folder, onnx_file
+from lamini_serve.generation import (
+    Completion,
+    SamplingParams,
+    cut_at_stop,
+    visible_pieces,
+)
+from lamini_serve.models import Family, ModelSpec
 from lamini_serve.prompts import Message
 
 _NP_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
@@ -114,16 +120,16 @@ class OrtEngine:
     def stops(self, params: SamplingParams) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.spec.stop_strings + params.stop))
 
-    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
         enc = self.tokenizer(list(texts), add_special_tokens=self.spec.add_special_tokens, return_token_type_ids=False)
         return [list(x) for x in enc["input_ids"]]
 
     # ---- public API -------------------------------------------------------------
     def generate(self, conversations: Sequence[Sequence[Message]], params: SamplingParams | None = None) -> list[Completion]:
-        return self._finish(self._encode([self.prompt_text(m) for m in conversations]), params or SamplingParams())
+        return self._finish(self.encode_texts([self.prompt_text(m) for m in conversations]), params or SamplingParams())
 
     def complete(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Completion]:
-        return self._finish(self._encode(prompts), params or SamplingParams())
+        return self._finish(self.encode_texts(prompts), params or SamplingParams())
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None) -> list[list[int]]:
         """New token ids for each prompt (end token included when one was produced)."""
@@ -146,7 +152,7 @@ class OrtEngine:
 
     def stream(self, messages: Sequence[Message], params: SamplingParams | None = None) -> Iterator[str]:
         params = params or SamplingParams()
-        ids = self._encode([self.prompt_text(messages)])
+        ids = self.encode_texts([self.prompt_text(messages)])
         yield from visible_pieces(self._pieces(ids, params), self.stops(params))
 
     # ---- decoding -----------------------------------------------------------------

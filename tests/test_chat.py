@@ -2,7 +2,8 @@ from click.testing import CliRunner
 
 from lamini_serve.chat import run_session
 from lamini_serve.cli import cli
-from lamini_serve.engine import SamplingParams, TorchEngine
+from lamini_serve.engine import TorchEngine
+from lamini_serve.generation import SamplingParams
 from lamini_serve.prompts import conversation
 
 

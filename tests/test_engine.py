@@ -1,6 +1,7 @@
 import pytest
 
-from lamini_serve.engine import SamplingParams, TorchEngine, cut_at_stop, held_back
+from lamini_serve.engine import TorchEngine
+from lamini_serve.generation import SamplingParams, cut_at_stop, held_back
 from lamini_serve.errors import LaminiError
 from lamini_serve.prompts import conversation
 
@@ -77,7 +78,7 @@ def test_sampling_params_refuse_nonsense(kw, match):
 
 
 def test_visible_pieces_keep_first_letters_and_match_the_stripped_answer():
-    from lamini_serve.engine import visible_pieces
+    from lamini_serve.generation import visible_pieces
 
     assert "".join(visible_pieces(iter(["\n", "Hello", " world"]), ())) == "Hello world"
     assert "".join(visible_pieces(iter(["\n", "\n", "Hello"]), ())) == "Hello"

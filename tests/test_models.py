@@ -81,7 +81,7 @@ def test_file_instead_of_folder(tmp_path):
 
 def test_embedded_not_pulled_without_pull():
     with pytest.raises(LaminiError, match="lamini teacher pull"):
-        ModelSpec.resolve("embedded", pull=False)
+        ModelSpec.resolve("embedded")
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "t5"])
@@ -92,3 +92,23 @@ def test_load_model_and_tokenizer(tiny_models, kind):
     assert model.config.model_type == kind
     assert tok.padding_side == ("left" if spec.family is Family.CAUSAL else "right")
     assert not model.training
+
+
+def test_resolving_never_pulls_but_commands_do_and_say_so(monkeypatch):
+    """Resolving `embedded` reads what is there; only resolve_model (used by commands) fetches it."""
+    import lamini_serve.teacher.embedded as emb
+
+    calls = []
+
+    def fake_pull(release=emb.SMOLLM2, log=None, **kw):
+        calls.append(release)
+        raise LaminiError("pull attempted")
+
+    monkeypatch.setattr(emb, "pull_teacher", fake_pull)
+    with pytest.raises(LaminiError, match="not pulled yet"):
+        ModelSpec.resolve("embedded")
+    assert calls == []
+    said = []
+    with pytest.raises(LaminiError, match="pull attempted"):
+        emb.resolve_model("embedded", log=said.append)
+    assert len(calls) == 1 and "pulling it once" in said[0]

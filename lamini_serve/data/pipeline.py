@@ -21,13 +21,21 @@ from typing import Any
 
 from lamini_serve.data.dedup import DedupConfig, dedup_reasons
 from lamini_serve.data.filters import FilterConfig, instruction_reason, response_reason
-from lamini_serve.data.prompts import STYLES, Example, chat_prompt, completion_prompt, how_many, parse_instructions
+from lamini_serve.data.prompts import (
+    STYLES,
+    Example,
+    chat_prompt,
+    completion_prompt,
+    how_many,
+    parse_instructions,
+)
 from lamini_serve.data.seeds import Seed, load_seeds, load_topics
 from lamini_serve.data.store import Store
 from lamini_serve.data.text import stable_hash, with_input
 from lamini_serve.errors import LaminiError
+from lamini_serve.generation import cut_at_limit
 from lamini_serve.prompts import LAMINI_TEACHER_SYSTEM
-from lamini_serve.teacher.client import Request, Result, cut_at_limit
+from lamini_serve.teacher.client import Request, Result
 
 DATASET = "dataset.parquet"
 REJECTED = "rejected.parquet"

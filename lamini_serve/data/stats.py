@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from lamini_serve.data.text import words
 from lamini_serve.errors import LaminiError
-from lamini_serve.teacher.client import cut_at_limit
+from lamini_serve.generation import cut_at_limit
 
 
 def mattr(tokens: Sequence[str], window: int = 50) -> float:

@@ -51,9 +51,12 @@ def export(checkpoint, out, recipe, quantize, block_size, isa, per_tensor, fp16,
       lamini export --herd quickstart-cpu      (every student of runs/herd into runs/herd-onnx)
     """
     from lamini_serve.export.exporter import ExportOptions
+    from lamini_serve.export.isa import resolve_isa
 
     if check and n_prompts == 0:
         raise click.UsageError("--check needs the parity report; drop --prompts 0")
+    if quantize != "none":
+        resolve_isa(isa)  # before anything is pulled or loaded: a CPU that lacks it fails at once
     opts = ExportOptions(quantize=quantize, isa=isa, block_size=int(block_size), per_channel=not per_tensor, keep_fp32=keep_fp32,
                          fp16=fp16, overwrite=overwrite)
     if recipe is not None:
@@ -79,7 +82,10 @@ def export(checkpoint, out, recipe, quantize, block_size, isa, per_tensor, fp16,
 def _export_one(source: str, dest: Path, opts, n_prompts: int):
     from lamini_serve.export.exporter import export_model
     from lamini_serve.paths import human_size
+    from lamini_serve.teacher.embedded import EMBEDDED_ALIASES, teacher_dir
 
+    if source in EMBEDDED_ALIASES:
+        teacher_dir(pull=True, log=_log)  # fetched once, visibly; export_model itself never pulls
     manifest = export_model(source, dest, opts, report_prompts=n_prompts, log=_log)
     sizes = ", ".join(f"{kind} {human_size(v['bytes'])}" for kind, v in manifest["variants"].items())
     click.echo(f"Exported {source} to {dest} ({sizes})")

@@ -25,10 +25,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lamini_serve import __version__
+from lamini_serve.checkpoint import graph_kinds, onnx_file, write_metadata
 from lamini_serve.errors import LaminiError
 from lamini_serve.export.isa import quantization_config, resolve_isa
-from lamini_serve.models import Family, ModelSpec, onnx_file, write_metadata
-from lamini_serve.paths import atomic_dir, atomic_write_text, clean_stale_tmp, scratch_dir
+from lamini_serve.models import Family, ModelSpec
+from lamini_serve.paths import (
+    atomic_dir,
+    atomic_write_text,
+    clean_stale_tmp,
+    scratch_dir,
+)
 
 TASKS = {Family.CAUSAL: "text-generation-with-past", Family.SEQ2SEQ: "text2text-generation-with-past"}
 MANIFEST = "export.json"
@@ -66,10 +72,6 @@ class ExportOptions:
             return {"mode": "dynamic int8 (optimum ORTQuantizer)", "weights": "int8 (QInt8)",
                     "activations": "uint8, one scale per tensor, at run time", "isa": isa, "per_channel": self.per_channel}
         return None
-
-
-def graph_kinds(family: Family) -> tuple[str, ...]:
-    return ("encoder", "decoder") if family is Family.SEQ2SEQ else ("causal",)
 
 
 @contextlib.contextmanager
@@ -127,9 +129,9 @@ def _local_folder(spec: ModelSpec) -> Path:
         return Path(spec.path)
     from huggingface_hub import snapshot_download
 
-    from lamini_serve.models import _hub_errors
+    from lamini_serve.hub import hub_errors
 
-    with _hub_errors(spec.name):
+    with hub_errors(spec.name):
         return Path(snapshot_download(spec.path))
 
 

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lamini_serve.engine import SamplingParams
-from lamini_serve.models import Family, ModelSpec, onnx_file
+from lamini_serve.checkpoint import graph_kinds, onnx_file
+from lamini_serve.generation import SamplingParams
+from lamini_serve.models import Family, ModelSpec
 from lamini_serve.paths import atomic_write_text
 
 FORCED_TOKENS = 32
@@ -93,7 +94,6 @@ def parity_report(
 ) -> dict[str, Any]:
     """The report as a dict (see the module docstring); `folder` holds the export."""
     from lamini_serve.engine import TorchEngine
-    from lamini_serve.export.exporter import graph_kinds
     from lamini_serve.ort_engine import OrtEngine
 
     export_spec = ModelSpec.resolve(folder)
@@ -120,7 +120,7 @@ def parity_report(
 def references(model, eng, family: Family, n_prompts: int) -> tuple[list[str], list[list[int]], list[list[int]]]:
     """The parity prompts, their token ids as `eng` prompts them, and PyTorch's greedy continuations."""
     prompts = parity_prompts(n_prompts)
-    encoded = eng._encode([eng.prompt_text([{"role": "user", "content": p}]) for p in prompts])
+    encoded = eng.encode_texts([eng.prompt_text([{"role": "user", "content": p}]) for p in prompts])
     refs = [_torch_greedy(model, ids, FORCED_TOKENS, eng._eos, eng.pad_id, family) for ids in encoded]
     return prompts, encoded, refs
 

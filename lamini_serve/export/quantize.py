@@ -229,7 +229,10 @@ def quantize_gathers(model, block: int) -> dict[str, str]:
 def quantize_weights(src: Path, dst: Path, bits: int = 8, block_size: int = 32, accuracy_level: int = 4) -> dict[str, Any]:
     """Write `dst`: `src` with MatMul weights (and embedding tables) quantized blockwise."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
     model = onnx.load(str(src))

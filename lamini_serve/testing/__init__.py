@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lamini_serve.models import Family, write_metadata
+from lamini_serve.checkpoint import write_metadata
+from lamini_serve.models import Family
 from lamini_serve.prompts import PromptFormat
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]  # ids 0..3
@@ -35,7 +36,14 @@ _CORPUS = [
 
 def build_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer (GPT-2 style) trained on a small corpus, with ChatML specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())

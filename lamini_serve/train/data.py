@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lamini_serve.errors import LaminiError
+from lamini_serve.generation import cut_at_limit
 from lamini_serve.models import Family, ModelSpec
 from lamini_serve.prompts import ALPACA_RESPONSE_PREFIX, PromptFormat
-from lamini_serve.teacher.client import cut_at_limit
 
 IGNORE = -100
 

@@ -92,7 +92,9 @@ def seq2seq_from_config(cfg: dict[str, Any], tok):
 def build_student(student: Student, teacher_name: str, device: str = "cpu"):
     """(model, tokenizer, spec): the student's initial weights, and how it will be prompted."""
     if student.init.from_teacher or student.init.from_config:
-        tspec = ModelSpec.resolve(teacher_name)
+        from lamini_serve.teacher.embedded import resolve_model
+
+        tspec = resolve_model(teacher_name)
         tok = tspec.load_tokenizer()
         if student.init.from_teacher:
             if tspec.family is not Family.CAUSAL:

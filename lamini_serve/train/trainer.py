@@ -11,10 +11,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lamini_serve.checkpoint import write_metadata
 from lamini_serve.errors import LaminiError
-from lamini_serve.models import Family, write_metadata
-from lamini_serve.train.data import (CausalCollator, ListDataset, count_tokens, count_truncated, family_encoder,
-                                     load_pairs, pack, split_pairs)
+from lamini_serve.models import Family
+from lamini_serve.train.data import (
+    CausalCollator,
+    ListDataset,
+    count_tokens,
+    count_truncated,
+    family_encoder,
+    load_pairs,
+    pack,
+    split_pairs,
+)
 from lamini_serve.train.recipe import Recipe, Student
 
 FAMILY_LR = {Family.SEQ2SEQ: 5e-4, Family.CAUSAL: 2e-5}
@@ -71,7 +80,8 @@ class _JsonlLogger:
 
 def answers(model, tok, spec, instructions: list[str], max_new_tokens: int = 64) -> list[str]:
     """Greedy answers of an in-memory model (for the before/after comparison)."""
-    from lamini_serve.engine import SamplingParams, TorchEngine
+    from lamini_serve.engine import TorchEngine
+    from lamini_serve.generation import SamplingParams
 
     eng = TorchEngine.from_loaded(spec, model.eval(), tok)
     side = tok.padding_side
@@ -148,10 +158,10 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     answer_only = (student.kd is None and spec.family is Family.CAUSAL and args.answer_only_logits
                    and supports_answer_only(model) and targs.n_gpu <= 1)  # not under nn.DataParallel
     if student.kd is not None:
-        from lamini_serve.models import ModelSpec
+        from lamini_serve.teacher.embedded import resolve_model
         from lamini_serve.train.kd import check_same_vocabulary, kd_trainer_class
 
-        tspec = ModelSpec.resolve(recipe.teacher)
+        tspec = resolve_model(recipe.teacher)
         if spec.family is not Family.CAUSAL or tspec.family is not Family.CAUSAL:
             raise LaminiError(f"{student.name}: word-level KD works between decoder-only teacher and student; "
                               f"remove its kd section")

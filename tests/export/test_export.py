@@ -13,7 +13,8 @@ from lamini_serve.engine import SamplingParams, TorchEngine
 from lamini_serve.errors import LaminiError
 from lamini_serve.export.exporter import ExportOptions, checkpoint_sha256, export_model
 from lamini_serve.export.isa import resolve_isa, supported_isas
-from lamini_serve.models import ModelSpec, onnx_file
+from lamini_serve.checkpoint import onnx_file
+from lamini_serve.models import ModelSpec
 from lamini_serve.ort_engine import OrtEngine
 
 PROMPTS = ["Give three tips for staying healthy.", "hi", "Write a haiku about the sea and the salt in the wind at dusk."]
@@ -54,7 +55,7 @@ def test_optimum_loads_the_folder_and_agrees_with_our_loop(kind, exports):
     spec = ModelSpec.resolve(folder)
     eng = OrtEngine(spec)  # the default variant: int8
     tok = eng.tokenizer
-    ids = eng._encode([eng.prompt_text(_convs()[0][0:1])])[0]
+    ids = eng.encode_texts([eng.prompt_text(_convs()[0][0:1])])[0]
     ours = eng.generate_ids([ids], SamplingParams(max_new_tokens=8, repetition_penalty=1.0))[0]
     cls = ORTModelForSeq2SeqLM if kind == "t5" else ORTModelForCausalLM
     model = cls.from_pretrained(folder)

@@ -1,0 +1,102 @@
+"""What every engine and client shares: sampling parameters and the one result record.
+
+A generation result is a `Completion` whoever produced it (TorchEngine, OrtEngine,
+the HTTP teacher client, `lamini serve`), and "the model stopped at its token
+limit" is decided in one place, `cut_at_limit`, for data, train and stats alike.
+This module is a leaf: it imports nothing of lamini-serve but its error type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from lamini_serve.errors import LaminiError
+
+
+def cut_at_limit(finish_reason: str | None) -> bool:
+    """True for an answer the model stopped at its max_tokens (OpenAI's finish_reason "length")."""
+    return finish_reason == "length"
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens. temperature 0 means greedy (deterministic)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # always produce max_new_tokens (benchmarks)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise LaminiError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise LaminiError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise LaminiError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise LaminiError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise LaminiError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        self.stop = tuple(self.stop)
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn or a stop string) or "length"
+
+    @property
+    def cut(self) -> bool:
+        """Whether the answer ended at the token limit rather than by itself."""
+        return cut_at_limit(self.finish_reason)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """Text up to the first stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters might be the start of a stop string (not yet safe to show)."""
+    keep = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                keep = max(keep, k)
+                break
+    return keep
+
+
+def visible_pieces(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
+    """Turn raw decoded pieces into what a user should see, so that the pieces join to
+    `generate`'s answer: leading and trailing whitespace dropped, text cut at the first
+    stop string, and text that may begin a stop string held back until it is clear."""
+    text, shown, started = "", 0, False
+    for piece in pieces:
+        text += piece
+        if not started:  # answers often open with the format's newline: skip it
+            stripped = text.lstrip()
+            shown = len(text) - len(stripped)
+            started = bool(stripped)
+            if not started:
+                continue
+        cut, stopped = cut_at_stop(text, stops)
+        safe = cut if stopped else text[:len(text) - held_back(text, stops)]
+        end = len(safe.rstrip())  # trailing whitespace waits: it may end the answer
+        if end > shown:
+            yield text[shown:end]
+            shown = end
+        if stopped:
+            return
+    end = len(text.rstrip())
+    if started and end > shown:
+        yield text[shown:end]
