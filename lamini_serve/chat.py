@@ -101,8 +101,8 @@ def chat(model, prompt, system, max_new_tokens, temperature, top_p, repetition_p
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
         repetition_penalty=repetition_penalty, seed=seed,
     )
-    if prompt == "-":
-        prompt = sys.stdin.read()
+    if prompt == "-":  # `echo "question" | lamini chat M -p -` asks what `-p "question"` asks
+        prompt = sys.stdin.read().strip()
     spec = resolve_model(model, prompt_format=prompt_format)
     click.echo(f"Loading {spec.describe()} ...", err=True)
     if spec.runtime != "onnx" and (variant or threads):

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 from lamini_serve.generation import (
     Completion,
     SamplingParams,
-    cut_at_stop,
+    finish,
     visible_pieces,
 )
 from lamini_serve.models import Family, ModelSpec
@@ -132,9 +132,7 @@ class TorchEngine:
                 while n and row[n - 1] == pad and pad not in self._eos:
                     n -= 1
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
-            text, stopped = cut_at_stop(text, stops)
-            reason = "stop" if (ended or stopped or n < params.max_new_tokens) else "length"
-            results.append(Completion(text.strip(), n_prompt, n, reason))
+            results.append(finish(text, stops, n_prompt, n, ended, params.max_new_tokens))
         return results
 
     def stream(self, messages: Sequence[Message], params: SamplingParams | None = None) -> Iterator[str]:

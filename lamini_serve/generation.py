@@ -65,6 +65,20 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def finish(text: str, stops: Sequence[str], prompt_tokens: int, completion_tokens: int, ended: bool,
+           max_new_tokens: int) -> Completion:
+    """The one rule, for every engine, that turns a decoded answer into a Completion.
+
+    `ended`: the model produced an end-of-sequence token. The text is cut at the first
+    stop string; an incomplete multi-byte character at the end (decoded as U+FFFD when
+    the token limit split it) is dropped, as the stream and vLLM drop it.
+    """
+    text, stopped = cut_at_stop(text, stops)
+    text = text.rstrip("\ufffd")
+    reason = "stop" if (ended or stopped or completion_tokens < max_new_tokens) else "length"
+    return Completion(text.strip(), prompt_tokens, completion_tokens, reason)
+
+
 def held_back(text: str, stops: Sequence[str]) -> int:
     """How many trailing characters might be the start of a stop string (not yet safe to show)."""
     keep = 0

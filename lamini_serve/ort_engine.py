@@ -25,7 +25,7 @@ from lamini_serve.errors import LaminiError
 from lamini_serve.generation import (
     Completion,
     SamplingParams,
-    cut_at_stop,
+    finish,
     visible_pieces,
 )
 from lamini_serve.models import Family, ModelSpec
@@ -164,9 +164,7 @@ class OrtEngine:
         for p, row in zip(prompts, rows):
             ended = bool(row) and row[-1] in self._eos
             text = self.tokenizer.decode(row, skip_special_tokens=True)
-            text, stopped = cut_at_stop(text, self.stops(params))
-            reason = "stop" if (ended or stopped or len(row) < params.max_new_tokens) else "length"
-            out.append(Completion(text.strip(), len(p), len(row), reason))
+            out.append(finish(text, self.stops(params), len(p), len(row), ended, params.max_new_tokens))
         return out
 
     def _pieces(self, ids: list[list[int]], params: SamplingParams) -> Iterator[str]:

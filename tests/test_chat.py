@@ -31,8 +31,18 @@ def test_one_shot_prints_the_greedy_answer(tiny_models):
 
 
 def test_prompt_from_stdin(tiny_models):
-    r = CliRunner().invoke(cli, ["chat", str(tiny_models["t5"]), "-p", "-", "--max-new-tokens", "5"], input="hello there\n")
-    assert r.exit_code == 0 and r.stdout.strip()
+    """`-p -` answers what standard input says: the same answer as passing that text with -p."""
+    args = ["chat", str(tiny_models["gpt2"]), "--max-new-tokens", "8", "--repetition-penalty", "1.0"]
+
+    def answer(prompt_args, stdin=None):
+        r = CliRunner().invoke(cli, args + prompt_args, input=stdin)
+        assert r.exit_code == 0, r.output
+        return r.stdout.strip()
+
+    piped = {text: answer(["-p", "-"], stdin=text + "\n") for text in ("hi", "Give three tips for staying healthy.")}
+    assert len(set(piped.values())) == 2 and all(piped.values())  # the input decides the answer
+    for text, got in piped.items():
+        assert got == answer(["-p", text])
 
 
 def test_multi_turn_keeps_history_and_reset_forgets(tiny_models):

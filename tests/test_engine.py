@@ -1,8 +1,8 @@
 import pytest
 
 from lamini_serve.engine import TorchEngine
-from lamini_serve.generation import SamplingParams, cut_at_stop, held_back
 from lamini_serve.errors import LaminiError
+from lamini_serve.generation import SamplingParams, cut_at_stop, held_back
 from lamini_serve.prompts import conversation
 
 KINDS = ["llama", "gpt2", "t5"]

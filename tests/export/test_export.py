@@ -8,12 +8,12 @@ import os
 import pytest
 from click.testing import CliRunner
 
+from lamini_serve.checkpoint import onnx_file
 from lamini_serve.cli import cli
 from lamini_serve.engine import SamplingParams, TorchEngine
 from lamini_serve.errors import LaminiError
 from lamini_serve.export.exporter import ExportOptions, checkpoint_sha256, export_model
 from lamini_serve.export.isa import resolve_isa, supported_isas
-from lamini_serve.checkpoint import onnx_file
 from lamini_serve.models import ModelSpec
 from lamini_serve.ort_engine import OrtEngine
 
@@ -75,9 +75,13 @@ def test_int8_is_smaller_loads_and_answers_through_lamini_chat(exports):
         assert manifest["variants"]["int8"]["bytes"] < manifest["variants"]["fp32"]["bytes"]
         for graph in manifest["quantization"]["graphs"].values():  # every weight matrix went int8
             assert graph["quantized_matmuls"] >= 1 and graph["fp32_matmuls_left"] == 0
-        r = CliRunner().invoke(cli, ["chat", str(folder), "-p", "hello there", "--max-new-tokens", "6"])
+        r = CliRunner().invoke(cli, ["chat", str(folder), "-p", "hello there", "--max-new-tokens", "6",
+                                     "--repetition-penalty", "1.0"])
         assert r.exit_code == 0, r.output
-        assert r.output.strip()
+        # the answer printed is the int8 graph's own greedy answer, not just some output
+        int8 = OrtEngine(ModelSpec.resolve(folder))
+        [expected] = int8.generate(_convs(["hello there"]), SamplingParams(max_new_tokens=6, repetition_penalty=1.0))
+        assert expected.text and r.stdout.strip() == expected.text
 
 
 def test_chat_picks_a_variant_and_threads(tiny_models, exports):
