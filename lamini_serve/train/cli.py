@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
@@ -32,6 +31,8 @@ def train(recipe, students, resume, dataset, output, max_steps, launch, parallel
     """
     import dataclasses
 
+    from lamini_serve.errors import LaminiError
+    from lamini_serve.train.data import check_dataset
     from lamini_serve.train.recipe import load_recipe
 
     r = load_recipe(recipe)
@@ -41,8 +42,15 @@ def train(recipe, students, resume, dataset, output, max_steps, launch, parallel
         r.output = output
     chosen = [r.student(n) for n in students] if students else r.students
     if max_steps is not None:
-        chosen = [dataclasses.replace(s, args=dataclasses.replace(s.args, max_steps=max_steps)) for s in chosen]
+        try:
+            chosen = [dataclasses.replace(s, args=dataclasses.replace(s.args, max_steps=max_steps)) for s in chosen]
+        except LaminiError as exc:
+            raise LaminiError(f"--max-steps {max_steps}: {exc}") from None
+    # Before anything starts (a launcher, one child per device, a model load): a missing or
+    # unreadable dataset would otherwise fail in every process, or pass a dry run.
+    checked = check_dataset(r.dataset)
     if dry_run:
+        click.echo(f"dataset: {checked}")
         for s in chosen:
             click.echo(f"{s.name}: base={s.base or s.init} epochs={s.args.epochs} "
                        f"lr={s.args.learning_rate or 'family default'} batch={s.args.effective_batch_size}")
@@ -60,6 +68,7 @@ def train(recipe, students, resume, dataset, output, max_steps, launch, parallel
     from lamini_serve.train.trainer import is_main, shutdown_distributed, train_student
 
     try:
+        # Each student updates OUT/herd.json from the student folders as it is saved.
         results = [train_student(r, s, resume=resume) for s in chosen]
     finally:
         shutdown_distributed()
@@ -67,11 +76,6 @@ def train(recipe, students, resume, dataset, output, max_steps, launch, parallel
         for s in results:
             extra = (f", ROUGE-L vs teacher {s['rouge_l_before']} -> {s['rouge_l_after']}" if "rouge_l_after" in s else "")
             click.echo(f"{s['student']}: loss {s['train_loss']}, {s['steps']} steps, {s['seconds']} s{extra}")
-        from pathlib import Path
-
-        from lamini_serve.paths import atomic_write_text
-
-        atomic_write_text(Path(r.output) / "herd.json", json.dumps(results, indent=2) + "\n")
 
 
 def _argv_without(argv: list[str], flag: str, takes_value: bool = True) -> list[str]:
@@ -139,6 +143,11 @@ def run_parallel(names: list[str], devices: list[str], argv: list[str], output: 
                            err=True)
                 if not ok:
                     failed.append(name)
+    from lamini_serve.train.herd import HERD_FILE, write_herd_index
+
+    # Each child already wrote it; once more from here, after every child, in case one was killed.
+    index = write_herd_index(logs)
+    click.echo(f"{logs / HERD_FILE}: {len(index['students'])} students", err=True)
     if failed:
         click.echo(f"failed: {', '.join(failed)}", err=True)
     return 1 if failed else 0

@@ -27,28 +27,110 @@ from lamini_serve.prompts import ALPACA_RESPONSE_PREFIX, PromptFormat
 IGNORE = -100
 
 
-def load_pairs(dataset: str) -> list[dict[str, Any]]:
-    """(instruction, response) rows from a Parquet/JSONL file, a `lamini data` run folder, or a hub dataset."""
+LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+def dataset_file(dataset: str) -> Path | None:
+    """The local file `dataset` names (a `lamini data` run folder: its dataset.parquet), or None for a hub id.
+
+    A name that looks local (a path, a known suffix) but is not there is an error, so a
+    typo is not sent to the hub.
+    """
     p = Path(dataset).expanduser()
     if p.is_dir():
         p = p / "dataset.parquet"
     if p.is_file():
-        if p.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(p).to_pylist()
-        elif p.suffix in (".jsonl", ".json"):
-            rows = []
-            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        raise LaminiError(f"{p} line {n} is not valid JSON; fix or remove it") from None
-        else:
+        if p.suffix not in LOCAL_SUFFIXES:
             raise LaminiError(f"{dataset}: use a .parquet or .jsonl file, a run folder of `lamini data`, or a hub id")
-    elif dataset.startswith((".", "/", "~")) or p.suffix in (".parquet", ".jsonl"):
-        raise LaminiError(f"{dataset}: no such dataset; make one with `lamini data run`")
+        return p
+    if dataset.startswith((".", "/", "~")) or p.suffix in LOCAL_SUFFIXES:
+        run = f"lamini data run {p.parent}" if p.name == "dataset.parquet" else "lamini data run OUT"
+        raise LaminiError(f"{p}: no such dataset; make it with `{run}`, or point the recipe's dataset "
+                          f"(or --dataset) at an existing file")
+    return None
+
+
+def _unreadable_parquet(p: Path, exc: Exception) -> LaminiError:
+    if isinstance(exc, PermissionError):
+        return LaminiError(f"cannot read {p} (permission denied); give this user read access to it")
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return LaminiError(f"{p} is not a readable Parquet file ({detail}); it may be truncated or another format: "
+                       f"make it again with `lamini data run`, or pass a .jsonl file")
+
+
+def _check_columns(dataset: str, columns: list[str]) -> None:
+    missing = {"instruction", "response"} - set(columns)
+    if missing:
+        raise LaminiError(f"{dataset}: missing column(s) {', '.join(sorted(missing))}; "
+                          f"a training set needs instruction and response (columns: {', '.join(columns[:10])})")
+
+
+def _jsonl_rows(p: Path, first_only: bool = False) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        with open(p, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise LaminiError(f"{p} line {n} is not valid JSON; fix or remove it") from None
+                if not isinstance(row, dict):
+                    raise LaminiError(f"{p} line {n} is not a JSON object; each line needs "
+                                      f'{{"instruction": ..., "response": ...}}')
+                rows.append(row)
+                if first_only:
+                    break
+    except UnicodeDecodeError:
+        raise LaminiError(f"{p} is not UTF-8 text; save it as UTF-8 JSON lines") from None
+    except OSError as exc:
+        raise LaminiError(f"cannot read {p} ({exc.strerror or exc}); check that it is a readable file") from None
+    return rows
+
+
+def check_dataset(dataset: str) -> str:
+    """Check, without loading it, that `dataset` can be trained on; returns how it was checked.
+
+    A local file must be there, readable, and have instruction and response columns (a
+    Parquet file's schema, a JSONL file's first row). A hub id is only checked when
+    training loads it.
+    """
+    p = dataset_file(dataset)
+    if p is None:
+        return f"{dataset} (a hub dataset; loaded when training starts)"
+    if p.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.read_metadata(p)
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable_parquet(p, exc) from None
+        _check_columns(dataset, meta.schema.to_arrow_schema().names)
+        if meta.num_rows == 0:
+            raise LaminiError(f"{dataset}: the dataset is empty")
+        return f"{p} ({meta.num_rows} rows)"
+    rows = _jsonl_rows(p, first_only=True)
+    if not rows:
+        raise LaminiError(f"{dataset}: the dataset is empty")
+    _check_columns(dataset, list(rows[0]))
+    return str(p)
+
+
+def load_pairs(dataset: str) -> list[dict[str, Any]]:
+    """(instruction, response) rows from a Parquet/JSONL file, a `lamini data` run folder, or a hub dataset."""
+    p = dataset_file(dataset)
+    if p is not None and p.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(p).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable_parquet(p, exc) from None
+    elif p is not None:
+        rows = _jsonl_rows(p)
     else:
         try:
             import datasets
@@ -59,10 +141,7 @@ def load_pairs(dataset: str) -> list[dict[str, Any]]:
                               f"or pass a local file") from None
     if not rows:
         raise LaminiError(f"{dataset}: the dataset is empty")
-    missing = {"instruction", "response"} - set(rows[0])
-    if missing:
-        raise LaminiError(f"{dataset}: missing column(s) {', '.join(sorted(missing))}; "
-                          f"a training set needs instruction and response (columns: {', '.join(list(rows[0])[:10])})")
+    _check_columns(dataset, list(rows[0]))
     # An answer the teacher stopped at its token limit (finish_reason "length", as `lamini data`
     # and the OpenAI API record it) is trained without an end-of-sequence token: the student
     # learns its words, not to stop mid-sentence.

@@ -49,27 +49,46 @@ class TrainArgs:
     max_steps: int = -1  # > 0 caps the run (smoke tests, quick looks)
     eval_share: float = 0.02  # held out from the dataset for the before/after comparison
 
-    def check(self, where: str) -> None:
-        def bad(msg: str) -> LaminiError:
-            return LaminiError(f"{where}: {msg}")
+    def __post_init__(self) -> None:
+        # dataclasses.replace() calls __init__, so an override (`--max-steps`, a student's own
+        # value) is validated as the recipe's defaults are.
+        _raise_problem(self.problem())
 
+    def check(self, where: str) -> None:
+        _raise_problem(self.problem(), where)
+
+    def problem(self) -> str | None:
+        """What is wrong with these arguments (None if nothing)."""
         if self.epochs <= 0:
-            raise bad(f"epochs must be > 0, got {self.epochs}")
+            return f"epochs must be > 0, got {self.epochs}"
         if self.effective_batch_size < 1 or self.per_device_batch_size < 1:
-            raise bad("effective_batch_size and per_device_batch_size must be >= 1")
+            return "effective_batch_size and per_device_batch_size must be >= 1"
         if self.per_device_batch_size > self.effective_batch_size:
-            raise bad(f"per_device_batch_size ({self.per_device_batch_size}) is larger than effective_batch_size "
-                      f"({self.effective_batch_size})")
+            return (f"per_device_batch_size ({self.per_device_batch_size}) is larger than effective_batch_size "
+                    f"({self.effective_batch_size})")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
-            raise bad(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+            return f"learning_rate must be in (0, 1), got {self.learning_rate}"
+        if self.weight_decay < 0:
+            return f"weight_decay must be >= 0, got {self.weight_decay}"
         if not 0 <= self.warmup_ratio < 1:
-            raise bad(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            return f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"
         if self.max_length < 16:
-            raise bad(f"max_length must be >= 16, got {self.max_length}")
+            return f"max_length must be >= 16, got {self.max_length}"
         if self.bf16 not in ("auto", "true", "false"):
-            raise bad(f"bf16 must be auto, true or false, got {self.bf16!r}")
+            return f"bf16 must be auto, true or false, got {self.bf16!r}"
+        if self.save_steps < 1 or self.logging_steps < 1:
+            return f"save_steps and logging_steps must be >= 1, got {self.save_steps} and {self.logging_steps}"
+        # The Trainer reads 0 (or any value <= 0) as "no cap" and would quietly run every epoch.
+        if self.max_steps != -1 and self.max_steps < 1:
+            return f"max_steps must be >= 1 (or -1 for no cap), got {self.max_steps}"
         if not 0 <= self.eval_share < 0.5:
-            raise bad(f"eval_share must be in [0, 0.5), got {self.eval_share}")
+            return f"eval_share must be in [0, 0.5), got {self.eval_share}"
+        return None
+
+
+def _raise_problem(problem: str | None, where: str = "") -> None:
+    if problem:
+        raise LaminiError(f"{where}: {problem}" if where else problem)
 
 
 @dataclass
@@ -80,13 +99,20 @@ class InitSpec:
     layers: int | None = None  # with from_teacher: how many of the teacher's layers, evenly spaced
     from_config: dict[str, Any] | None = None  # a fresh model of this config (e.g. a small T5) trained from scratch
 
+    def __post_init__(self) -> None:
+        _raise_problem(self.problem())
+
     def check(self, where: str) -> None:
+        _raise_problem(self.problem(), where)
+
+    def problem(self) -> str | None:
         if self.from_teacher and (self.layers is None or self.layers < 1):
-            raise LaminiError(f"{where}: init.from_teacher needs init.layers >= 1 (how many teacher layers to keep)")
+            return "init.from_teacher needs init.layers >= 1 (how many teacher layers to keep)"
         if self.layers is not None and not self.from_teacher:
-            raise LaminiError(f"{where}: init.layers only applies with init.from_teacher: true")
+            return "init.layers only applies with init.from_teacher: true"
         if self.from_teacher and self.from_config:
-            raise LaminiError(f"{where}: choose one of init.from_teacher and init.from_config")
+            return "choose one of init.from_teacher and init.from_config"
+        return None
 
 
 @dataclass
@@ -98,15 +124,22 @@ class KDSpec:
     temperature: float = 1.0
     beta: float = 0.5  # the mixture weight of generalized JSD
 
+    def __post_init__(self) -> None:
+        _raise_problem(self.problem())
+
     def check(self, where: str) -> None:
+        _raise_problem(self.problem(), where)
+
+    def problem(self) -> str | None:
         if not 0 <= self.weight <= 1:
-            raise LaminiError(f"{where}: kd.weight must be in [0, 1], got {self.weight}")
+            return f"kd.weight must be in [0, 1], got {self.weight}"
         if self.divergence not in ("forward_kl", "reverse_kl", "jsd"):
-            raise LaminiError(f"{where}: kd.divergence must be forward_kl, reverse_kl or jsd, got {self.divergence!r}")
+            return f"kd.divergence must be forward_kl, reverse_kl or jsd, got {self.divergence!r}"
         if self.temperature <= 0:
-            raise LaminiError(f"{where}: kd.temperature must be > 0")
+            return "kd.temperature must be > 0"
         if not 0 < self.beta < 1:
-            raise LaminiError(f"{where}: kd.beta must be in (0, 1)")
+            return "kd.beta must be in (0, 1)"
+        return None
 
 
 @dataclass
@@ -184,15 +217,25 @@ def _typed(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls, data: Any, where: str, skip: tuple[str, ...] = ()):
+def _build(cls, data: Any, where: str, context: str | None = None):
+    """A validated `cls` from a YAML mapping; a type error names `where.key`, a bad value `context`."""
     if not isinstance(data, dict):
         raise LaminiError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)} - set(skip)
+    names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise LaminiError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(names))}")
-    return cls(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+    values = {k: _typed(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return _validated(context or where, cls, **values)
+
+
+def _validated(where: str, make, *args, **kwargs):
+    """`make(*args, **kwargs)`, with the recipe location put before a validation error."""
+    try:
+        return make(*args, **kwargs)
+    except LaminiError as exc:
+        raise LaminiError(f"{where}: {exc}") from None
 
 
 def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
@@ -206,7 +249,6 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
         if key not in data:
             raise LaminiError(f"{source}: missing {key!r}")
     defaults = _build(TrainArgs, data.get("defaults") or {}, f"{source}: defaults")
-    defaults.check(f"{source}: defaults")
     if not isinstance(data["students"], list) or not data["students"]:
         raise LaminiError(f"{source}: students must be a non-empty list")
     students, seen = [], set()
@@ -225,8 +267,7 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
             raise LaminiError(f"{where}: the name {name!r} is used twice")
         seen.add(name)
         where = f"{source}: student {name}"
-        init = _build(InitSpec, raw.get("init") or {}, f"{where}: init")
-        init.check(where)
+        init = _build(InitSpec, raw.get("init") or {}, f"{where}: init", context=where)
         base = raw.get("base")
         if base is not None and not isinstance(base, str):
             raise LaminiError(f"{where}: base must be a hub id or a folder, got {base!r}")
@@ -234,15 +275,12 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
             if base is None:
                 raise LaminiError(f"{where}: needs a base (hub id or folder), or init.from_teacher / init.from_config")
             raise LaminiError(f"{where}: give either a base or an init that builds the model, not both")
-        kd = _build(KDSpec, raw["kd"], f"{where}: kd") if raw.get("kd") is not None else None
-        if kd:
-            kd.check(where)
+        kd = _build(KDSpec, raw["kd"], f"{where}: kd", context=where) if raw.get("kd") is not None else None
         fmt = raw.get("prompt_format")
         if fmt is not None and fmt not in ("raw", "alpaca", "chat"):
             raise LaminiError(f"{where}: prompt_format must be raw, alpaca or chat, got {fmt!r}")
         overrides = {k: _typed(v, typing.get_type_hints(TrainArgs)[k], f"{where}.{k}") for k, v in raw.items() if k in _ARG_FIELDS}
-        args = dataclasses.replace(defaults, **overrides)
-        args.check(where)
+        args = _validated(where, dataclasses.replace, defaults, **overrides)
         students.append(Student(name=name, base=base, init=init, prompt_format=fmt, kd=kd, args=args))
     for key in ("dataset", "output", "teacher"):
         if key in data and not isinstance(data[key], str):

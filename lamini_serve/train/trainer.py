@@ -24,6 +24,7 @@ from lamini_serve.train.data import (
     pack,
     split_pairs,
 )
+from lamini_serve.train.herd import write_herd_index
 from lamini_serve.train.recipe import Recipe, Student
 
 FAMILY_LR = {Family.SEQ2SEQ: 5e-4, Family.CAUSAL: 2e-5}
@@ -206,6 +207,7 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     }
     if is_main():
         _save(trainer, tok, spec, student, recipe, summary, before, compare_set, metrics_path, final, seconds, log)
+        write_herd_index(out_root)
     _barrier()  # the other ranks wait for the save before they move on (or exit)
     return summary
 

@@ -49,3 +49,5 @@ def test_one_student_per_device_in_parallel(tmp_path, tiny_tokenizer):
     for n in "abc":
         assert (tmp_path / "herd" / n / "lamini.json").is_file()
         assert "started on device cpu" in r.stderr
+    herd = json.loads((tmp_path / "herd" / "herd.json").read_text())
+    assert [s["name"] for s in herd["students"]] == ["a", "b", "c"]  # each child saw the others' folders

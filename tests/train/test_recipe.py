@@ -54,3 +54,22 @@ def test_broken_yaml_names_the_line(tmp_path):
     p.write_text("dataset: d\nstudents: [\n")
     with pytest.raises(LaminiError, match="not valid YAML at line"):
         load_recipe(p)
+
+
+def test_replace_validates_like_the_recipe():
+    import dataclasses
+
+    from lamini_serve.train.recipe import KDSpec, TrainArgs
+
+    args = parse_recipe(BASE, "r.yaml").students[0].args
+    for change, match in (({"max_steps": 0}, "max_steps must be >= 1 .or -1.*got 0"),
+                          ({"per_device_batch_size": 4096}, "larger than effective_batch_size"),
+                          ({"epochs": 0}, "epochs must be > 0"), ({"logging_steps": 0}, "logging_steps"),
+                          ({"save_steps": -1}, "save_steps")):
+        with pytest.raises(LaminiError, match=match):
+            dataclasses.replace(args, **change)
+    assert dataclasses.replace(args, max_steps=5).max_steps == 5
+    with pytest.raises(LaminiError, match="kd.weight"):
+        dataclasses.replace(KDSpec(), weight=2)
+    with pytest.raises(LaminiError, match="max_length"):
+        TrainArgs(max_length=8)

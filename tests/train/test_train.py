@@ -6,7 +6,14 @@ import torch
 from lamini_serve.errors import LaminiError
 from lamini_serve.models import ModelSpec
 from lamini_serve.prompts import PromptFormat
-from lamini_serve.train.data import IGNORE, CausalCollator, encode_causal, encode_seq2seq, load_pairs, pack
+from lamini_serve.train.data import (
+    IGNORE,
+    CausalCollator,
+    encode_causal,
+    encode_seq2seq,
+    load_pairs,
+    pack,
+)
 from lamini_serve.train.recipe import parse_recipe
 from lamini_serve.train.students import evenly_spaced, student_from_teacher
 from lamini_serve.train.trainer import grad_accum, train_student, use_bf16
@@ -100,6 +107,21 @@ def test_packing_keeps_examples_apart(tiny_models, tiny_tokenizer, kind):
     assert crossed, "without the mask a later example would see the earlier ones (the test would catch a leak)"
 
 
+def test_collator_keeps_padding_out_of_the_loss_and_attention():
+    collate = CausalCollator(pad_id=0)
+    b = collate([{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert b["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]  # the student never learns to emit padding
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    b = collate([{"input_ids": [5, 6, 7, 8], "labels": [IGNORE, 6, 7, 8], "seq_lens": [3, 1]},
+                 {"input_ids": [9, 10], "labels": [IGNORE, 10], "seq_lens": [2]}])
+    assert b["labels"].tolist() == [[IGNORE, 6, 7, 8], [IGNORE, 10, IGNORE, IGNORE]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0], [0, 1, 0, 0]]
+    allowed = (b["attention_mask"][:, 0] == 0).int().tolist()
+    assert allowed[0] == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]]  # causal within each example
+    assert allowed[1] == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]  # padding sees only itself
+
+
 def test_students_cut_from_the_teacher(tiny_models):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -184,17 +206,86 @@ def test_resume_continues_from_the_saved_step(tmp_path, tiny_models):
     assert steps[:10] == list(range(1, 11)) and steps[10:] == [11, 12, 13, 14]
 
 
-def test_word_level_kd_trains_against_a_teacher(tmp_path, tiny_tokenizer, monkeypatch):
+def _kd_spec(**kd):
+    return parse_recipe({"dataset": "d", "output": "o", "students": [{"name": "k", "base": "b", "kd": kd}]}).students[0].kd
+
+
+def _divergence_to(teacher, student, batch, kind="forward_kl"):
+    """The student's divergence from the teacher on the answer tokens of `batch`."""
+    from transformers import AutoModelForCausalLM
+
+    from lamini_serve.train.kd import divergence
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s = AutoModelForCausalLM.from_pretrained(student).eval()(**inputs).logits
+        t = AutoModelForCausalLM.from_pretrained(teacher).eval()(**inputs).logits
+    return divergence(s[:, :-1], t[:, :-1], batch["labels"][:, 1:] != IGNORE, kind).item()
+
+
+def test_word_level_kd_trains_against_a_teacher(tmp_path, tiny_tokenizer):
     from lamini_serve.testing import make_tiny_model
 
     teacher = make_tiny_model("llama", tmp_path / "teacher", tokenizer=tiny_tokenizer, wide_init=False, seed=1)
     base = make_tiny_model("llama", tmp_path / "student", tokenizer=tiny_tokenizer, wide_init=False)
-    r = _recipe(tmp_path, base, max_steps=8)
-    r.teacher = str(teacher)
-    r.students[0].kd = parse_recipe({"dataset": "d", "output": "o", "students": [
-        {"name": "k", "base": "b", "kd": {"weight": 0.5, "divergence": "reverse_kl"}}]}).students[0].kd
-    s = train_student(r, r.students[0], log=lambda m: None)
-    assert s["kd"]["divergence"] == "reverse_kl" and s["steps"] == 8
+    batch = CausalCollator(pad_id=tiny_tokenizer.pad_token_id)(
+        encode_causal(PAIRS, ModelSpec.resolve(base), tiny_tokenizer, 64))
+    after = {}
+    for name, kd in (("kd", _kd_spec(weight=1.0, divergence="reverse_kl")), ("ce", None)):
+        (tmp_path / name).mkdir()
+        r = _recipe(tmp_path / name, base, max_steps=8)
+        r.teacher = str(teacher)
+        r.students[0].kd = kd
+        s = train_student(r, r.students[0], log=lambda m: None)
+        assert s["steps"] == 8 and (s["kd"] or {}).get("divergence") == (kd and "reverse_kl")
+        after[name] = _divergence_to(teacher, tmp_path / name / "herd" / "s", batch, "reverse_kl")
+    before = _divergence_to(teacher, base, batch, "reverse_kl")
+    # The answers pull the student away from this random teacher; the KD term pulls it towards it.
+    assert after["kd"] < 0.5 * before and after["kd"] < 0.5 * after["ce"], (before, after)
+
+
+def test_kd_loss_is_the_weighted_mix_on_one_batch(tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from lamini_serve.testing import make_tiny_model
+    from lamini_serve.train.data import ListDataset
+    from lamini_serve.train.kd import divergence, kd_trainer_class
+
+    teacher = make_tiny_model("llama", tmp_path / "teacher", tokenizer=tiny_tokenizer, seed=1)
+    student = make_tiny_model("llama", tmp_path / "student", tokenizer=tiny_tokenizer)
+    batch = CausalCollator(pad_id=tiny_tokenizer.pad_token_id)(
+        pack(encode_causal(PAIRS[:6], ModelSpec.resolve(student), tiny_tokenizer, 128), 128))
+    s_model = AutoModelForCausalLM.from_pretrained(student).eval()
+    t_model = AutoModelForCausalLM.from_pretrained(teacher).eval()
+    kd = _kd_spec(weight=0.3, divergence="jsd", temperature=2.0, beta=0.4)
+    trainer = kd_trainer_class()(model=s_model, args=TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True,
+                                                                       report_to=[]),
+                                 train_dataset=ListDataset([]), teacher=t_model, kd=kd)
+    got = trainer.compute_loss(s_model, dict(batch)).item()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        out = s_model(**batch)
+        t_logits = t_model(**inputs).logits
+    div = divergence(out.logits[:, :-1], t_logits[:, :-1], batch["labels"][:, 1:] != IGNORE, "jsd", 2.0, 0.4).item()
+    assert div > 0.01 * out.loss.item()  # the two terms differ, so dropping either one shows
+    assert got == pytest.approx(0.7 * out.loss.item() + 0.3 * div, rel=1e-5)
+
+
+def test_pack_fills_rows_first_fit_decreasing_within_max_length():
+    sizes = [7, 5, 4, 3, 3, 2, 1, 9]
+    exs = [{"input_ids": [i] * n, "labels": [100 + i] * n} for i, n in enumerate(sizes)]
+    rows = pack(exs, 10, seed=3)
+    seen = []
+    for row in rows:
+        assert len(row["input_ids"]) == len(row["labels"]) == sum(row["seq_lens"]) <= 10
+        start = 0
+        for n in row["seq_lens"]:
+            ids, labels = row["input_ids"][start:start + n], row["labels"][start:start + n]
+            assert ids == [ids[0]] * n and labels == [100 + ids[0]] * n  # whole, with its own labels
+            seen.append(ids[0])
+            start += n
+    assert sorted(seen) == list(range(len(sizes)))  # each example exactly once
+    assert len(rows) == 4  # 34 tokens in rows of 10: 9+1, 7+3, 5+4, 3+2 (no fewer is possible)
 
 
 def test_kd_refuses_a_different_vocabulary(tmp_path, tiny_tokenizer):
