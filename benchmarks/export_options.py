@@ -39,9 +39,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from lamini_serve.engine import SamplingParams, TorchEngine
-    from lamini_serve.export.exporter import ExportOptions, _quantize_dynamic, export_model
+    from lamini_serve.export.exporter import ExportOptions, quantize_dynamic, export_model
     from lamini_serve.export.isa import resolve_isa
-    from lamini_serve.export.parity import _tokens_per_second, agreement, references
+    from lamini_serve.export.parity import tokens_per_second, agreement, references
     from lamini_serve.export.quantize import quantize_weights
     from lamini_serve.models import Family, ModelSpec
     from lamini_serve.ort_engine import OrtEngine
@@ -61,7 +61,7 @@ def main() -> None:
             quantize_weights(fp32, folder / f"model_{variant}.onnx", bits, block)
             made[variant] = None
         log("quantizing with optimum's ORTQuantizer (dynamic int8)")
-        _quantize_dynamic(folder, "model_fp32.onnx", "model_dynamic.onnx", resolve_isa("auto"), True)
+        quantize_dynamic(folder, "model_fp32.onnx", "model_dynamic.onnx", resolve_isa("auto"), True)
         made["dynamic"] = None
         log("optimizing the fp32 graph with optimum's ORTOptimizer (level 2), then int8")
         try:
@@ -92,7 +92,7 @@ def main() -> None:
 
         def speed(run) -> float:
             run()  # warm up
-            return _tokens_per_second(run, TOKENS, args.repeats)
+            return tokens_per_second(run, TOKENS, args.repeats)
 
         rows: dict[str, dict] = {}
         log("torch fp32")

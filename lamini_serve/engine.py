@@ -29,7 +29,7 @@ class TorchEngine:
     def _attach(self, spec: ModelSpec, model, tokenizer) -> None:
         self.spec, self.model, self.tokenizer = spec, model, tokenizer
         self.device = model.device
-        self._eos = self._eos_ids()
+        self.eos_ids = self._find_eos_ids()
 
     @classmethod
     def from_loaded(cls, spec: ModelSpec, model, tokenizer) -> "TorchEngine":
@@ -42,7 +42,7 @@ class TorchEngine:
     def from_name(cls, name: str, prompt_format: str | None = None, **kw) -> "TorchEngine":
         return cls(ModelSpec.resolve(name, prompt_format=prompt_format), **kw)
 
-    def _eos_ids(self) -> list[int]:
+    def _find_eos_ids(self) -> list[int]:
         ids: list[int] = []
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         for x in (gen_eos if isinstance(gen_eos, list) else [gen_eos]) + [self.tokenizer.eos_token_id]:
@@ -74,7 +74,7 @@ class TorchEngine:
             torch.manual_seed(params.seed)
         kw: dict = dict(
             max_new_tokens=params.max_new_tokens,
-            eos_token_id=self._eos,
+            eos_token_id=self.eos_ids,
             pad_token_id=self.tokenizer.pad_token_id,
             repetition_penalty=params.repetition_penalty,
         )
@@ -125,11 +125,11 @@ class TorchEngine:
             n, ended = 0, False
             for tok in row:
                 n += 1
-                if tok in self._eos:
+                if tok in self.eos_ids:
                     ended = True
                     break
             else:
-                while n and row[n - 1] == pad and pad not in self._eos:
+                while n and row[n - 1] == pad and pad not in self.eos_ids:
                     n -= 1
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
             results.append(finish(text, stops, n_prompt, n, ended, params.max_new_tokens))

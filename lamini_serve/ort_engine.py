@@ -98,9 +98,9 @@ class OrtEngine:
         cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
         gen = folder / "generation_config.json"
         gcfg = json.loads(gen.read_text()) if gen.is_file() else {}
-        self._eos = _eos_ids(gcfg.get("eos_token_id", cfg.get("eos_token_id")), self.tokenizer.eos_token_id)
+        self.eos_ids = _eos_ids(gcfg.get("eos_token_id", cfg.get("eos_token_id")), self.tokenizer.eos_token_id)
         pad = self.tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else self._eos[0])
+        self.pad_id = int(pad if pad is not None else self.eos_ids[0])
         if spec.family is Family.SEQ2SEQ:
             self.encoder = _Graph(folder / files[0], threads, providers)
             self.decoder = _Graph(folder / files[1], threads, providers)
@@ -162,7 +162,7 @@ class OrtEngine:
         rows = self.generate_ids(prompts, params)
         out = []
         for p, row in zip(prompts, rows):
-            ended = bool(row) and row[-1] in self._eos
+            ended = bool(row) and row[-1] in self.eos_ids
             text = self.tokenizer.decode(row, skip_special_tokens=True)
             out.append(finish(text, self.stops(params), len(p), len(row), ended, params.max_new_tokens))
         return out
@@ -173,7 +173,7 @@ class OrtEngine:
         shown = ""
         for step in self._steps(ids, params):
             for _, t in step:
-                if t in self._eos:
+                if t in self.eos_ids:
                     continue
                 toks.append(t)
             text = self.tokenizer.decode(toks, skip_special_tokens=True)
@@ -199,7 +199,7 @@ class OrtEngine:
         logits = runner.first()
         for _ in range(params.max_new_tokens):
             if params.ignore_eos:
-                logits[:, self._eos] = -np.inf
+                logits[:, self.eos_ids] = -np.inf
             nxt = _pick(logits, params, rng, seen)
             step = []
             for i in range(n):
@@ -211,7 +211,7 @@ class OrtEngine:
                 step.append((i, t))
                 if seen is not None:
                     seen[i].add(t)
-                if t in self._eos and not params.ignore_eos:
+                if t in self.eos_ids and not params.ignore_eos:
                     done[i] = True
                 elif stops and _hits_stop(self.tokenizer, produced[i], stops):
                     done[i] = True

@@ -97,3 +97,14 @@ def test_models_is_a_leaf_of_the_core():
     """models.py depends on nothing but small leaf modules; every engine and stage depends on it."""
     allowed = {f"{PKG}.{m}" for m in ("errors", "prompts", "checkpoint", "hub", "paths", "teacher.release")}
     assert import_graph()[f"{PKG}.models"] <= allowed
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A leading underscore means "this module's business": other modules use public names."""
+    offenders = []
+    for path in [*ROOT.rglob("*.py"), *(ROOT.parent / "benchmarks").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PKG):
+                offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, offenders

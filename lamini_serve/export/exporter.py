@@ -201,7 +201,7 @@ def export_model(
             t0 = time.perf_counter()
             for k in kinds:
                 if opts.quantize == "int8-dynamic":
-                    _quantize_dynamic(staging, onnx_file(k, "fp32"), onnx_file(k), isa, opts.per_channel)
+                    quantize_dynamic(staging, onnx_file(k, "fp32"), onnx_file(k), isa, opts.per_channel)
                 else:
                     from lamini_serve.export.quantize import quantize_weights
 
@@ -297,7 +297,7 @@ def _optimum_export(src: Path, out: Path, family: Family) -> None:
         raise LaminiError(f"optimum exported {src} without a merged decoder; this version of optimum-onnx is not supported")
 
 
-def _quantize_dynamic(folder: Path, src_name: str, dst_name: str, isa: str, per_channel: bool) -> None:
+def quantize_dynamic(folder: Path, src_name: str, dst_name: str, isa: str, per_channel: bool) -> None:
     from optimum.onnxruntime import ORTQuantizer
 
     with quiet(), scratch_dir(folder, "quantize") as tmp:

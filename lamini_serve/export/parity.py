@@ -73,7 +73,7 @@ def _torch_forced(model, ids: list[int], cont: list[int], family: Family, start:
     return logits.float().numpy()
 
 
-def _tokens_per_second(run: Callable[[], Any], tokens: int, repeats: int) -> float:
+def tokens_per_second(run: Callable[[], Any], tokens: int, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -121,7 +121,7 @@ def references(model, eng, family: Family, n_prompts: int) -> tuple[list[str], l
     """The parity prompts, their token ids as `eng` prompts them, and PyTorch's greedy continuations."""
     prompts = parity_prompts(n_prompts)
     encoded = eng.encode_texts([eng.prompt_text([{"role": "user", "content": p}]) for p in prompts])
-    refs = [_torch_greedy(model, ids, FORCED_TOKENS, eng._eos, eng.pad_id, family) for ids in encoded]
+    refs = [_torch_greedy(model, ids, FORCED_TOKENS, eng.eos_ids, eng.pad_id, family) for ids in encoded]
     return prompts, encoded, refs
 
 
@@ -131,7 +131,7 @@ def agreement(model, eng, encoded: Sequence[list[int]], refs: Sequence[list[int]
 
     from lamini_serve.rouge import rouge_l
 
-    tok, eos, start = eng.tokenizer, eng._eos, getattr(eng, "decoder_start", None)
+    tok, eos, start = eng.tokenizer, eng.eos_ids, getattr(eng, "decoder_start", None)
     greedy = SamplingParams(max_new_tokens=FORCED_TOKENS, repetition_penalty=1.0)
     agree = total = exact = 0
     max_diff, diff_sum, diff_n = 0.0, 0.0, 0
@@ -178,7 +178,7 @@ def _speed(torch_engine, engines: dict, folder: Path, prompts: list[str], repeat
         convs = [[{"role": "user", "content": p}] for p in (prompts * batch)[:batch]]
         for name, eng in runners:
             eng.generate(convs[:1], SamplingParams(max_new_tokens=4, repetition_penalty=1.0))  # warm up
-            tps = _tokens_per_second(lambda: eng.generate(convs, params), SPEED_TOKENS * batch, repeats)
+            tps = tokens_per_second(lambda: eng.generate(convs, params), SPEED_TOKENS * batch, repeats)
             rows.append({"runtime": name, "batch": batch, "new_tokens": SPEED_TOKENS, "tokens_per_second": tps})
             log(f"  {name}, batch {batch}: {tps} tok/s")
     base = {r["batch"]: r["tokens_per_second"] for r in rows if r["runtime"] == "torch fp32"}

@@ -63,7 +63,7 @@ def test_optimum_loads_the_folder_and_agrees_with_our_loop(kind, exports):
 
     x = torch.tensor([ids])
     out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=8, do_sample=False,
-                         eos_token_id=eng._eos, pad_token_id=tok.pad_token_id)
+                         eos_token_id=eng.eos_ids, pad_token_id=tok.pad_token_id)
     theirs = out[0, len(ids):] if kind != "t5" else out[0, 1:]
     assert ours == theirs.tolist()[:len(ours)]
 
@@ -130,8 +130,9 @@ def test_report_fields_are_present_and_sane(kind, exports):
     assert "top-1 agreement" in md and "| ORT int8 | 8 |" in md
 
 
-def _tied_graph(path, vocab=4096, hidden=320):
-    """ids -> Gather(E) -> hidden states; x -> MatMul(x, Transpose(E)) -> logits: a tied embedding."""
+def _tied_graph(path, vocab=4096, hidden=320, tied=True):
+    """ids -> Gather(E) -> hidden states; x -> MatMul(x, Transpose(E)) -> logits: a tied embedding
+    (untied: the MatMul has a weight of its own)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -140,14 +141,17 @@ def _tied_graph(path, vocab=4096, hidden=320):
     table = rng.normal(0, 0.5, (vocab, hidden)).astype(np.float32)
     nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], axis=0),
              helper.make_node("Transpose", ["E"], ["Et"], perm=[1, 0]),
-             helper.make_node("MatMul", ["x", "Et"], ["logits"])]
+             helper.make_node("MatMul", ["x", "Et" if tied else "W"], ["logits"])]
+    weights = [numpy_helper.from_array(table, "E")]
+    if not tied:
+        weights.append(numpy_helper.from_array(rng.normal(0, 0.5, (hidden, vocab)).astype(np.float32), "W"))
     graph = helper.make_graph(
         nodes, "tied",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"]),
          helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", hidden])],
         [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["b", "s", hidden]),
          helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", vocab])],
-        [numpy_helper.from_array(table, "E")])
+        weights)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return table
 
@@ -172,6 +176,25 @@ def test_tied_embedding_is_stored_once_in_int8_and_looked_up_exactly(tmp_path, h
     step = np.abs(table).max() / 127  # the largest possible quantization step
     assert h.shape == want.shape and np.abs(h - want).max() <= step / 2 + 1e-6
     assert np.corrcoef(logits.ravel(), (x @ table.T).ravel())[0, 1] > 0.999
+
+
+def test_an_untied_embedding_gets_int8_rows_of_its_own_within_half_a_step(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from lamini_serve.export.quantize import quantize_weights
+
+    table = _tied_graph(tmp_path / "fp32.onnx", hidden=300, tied=False)
+    info = quantize_weights(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", bits=8, block_size=32)
+    assert info["embedding_tables"]["E"] == "int8" and info["quantized_matmuls"] == 1
+    ids = np.array([[0, 5, 4095], [17, 17, 2]], dtype=np.int64)
+    x = np.zeros((2, 3, 300), dtype=np.float32)
+    h, _ = ort.InferenceSession(str(tmp_path / "int8.onnx")).run(None, {"ids": ids, "x": x})
+    # each block of 32 has its own scale: the error is at most half of that block's step
+    want = table[ids]
+    blocks = np.pad(table, ((0, 0), (0, 320 - 300))).reshape(4096, 10, 32)
+    step = np.repeat(np.abs(blocks).max(-1) / 127, 32, axis=-1)[:, :300][ids]
+    assert np.all(np.abs(h - want) <= step / 2 + 1e-6)
 
 
 def test_ort_sampling_is_seeded_and_streams_what_generate_returns(exports):
