@@ -78,3 +78,11 @@ def test_bad_messages(messages, match):
 def test_unknown_format_name():
     with pytest.raises(LaminiError, match="unknown prompt format 'xml'"):
         PromptFormat.parse("xml")
+
+
+def test_alpaca_joins_consecutive_user_messages_and_keeps_both():
+    """Two user messages in a row (a correction, a follow-up before the answer) are one instruction."""
+    text = render(PromptFormat.ALPACA, [{"role": "user", "content": "Name a colour."},
+                                        {"role": "user", "content": "Make it a warm one."}])
+    assert text.endswith("### Instruction:\nName a colour.\n\nMake it a warm one.\n\n### Response:")
+    assert text.count("### Instruction:") == 1
