@@ -54,7 +54,8 @@ def main() -> None:
         teacher = HTTPTeacher(url, "fake", concurrency=args.concurrency)
         with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "store.sqlite") as store:
             def keep(res):
-                store.add_response(res.key, "", res.text, teacher.id, {}, res.prompt_tokens, res.completion_tokens, None)
+                c = res.completion
+                store.add_response(res.key, "", c.text, teacher.id, {}, c.prompt_tokens, c.completion_tokens, None)
 
             # warm-up: connections, imports
             run_teacher_stage(teacher, requests[:args.concurrency], keep, store, "respond", Counters(), "warm-up", "req")

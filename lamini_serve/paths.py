@@ -1,4 +1,5 @@
-"""Where lamini-serve keeps things, and how it writes them without leaving halves.
+"""Where lamini-serve keeps things, how it writes them without leaving halves, and how a
+command holds a folder for itself (`folder_lock`).
 
 Everything heavy (weights, downloads, datasets) lives under `LAMINI_HOME`
 (default `~/.cache/lamini`), never in the source tree.
@@ -17,6 +18,7 @@ from typing import Iterator
 from lamini_serve.errors import LaminiError
 
 TMP_PREFIX = ".tmp-"
+LOCK_NAME = ".lamini.lock"  # not a TMP_PREFIX name: clean_stale_tmp must never remove a held lock
 
 
 def lamini_home() -> Path:
@@ -66,10 +68,33 @@ def _staging_name(final: Path) -> Path:
 
 
 def disk_full_error(path: Path, exc: OSError) -> LaminiError:
-    return LaminiError(
-        f"no space left on the device while writing {path} ({exc.strerror}); "
-        f"free some disk space or point LAMINI_HOME at a bigger disk, then run the command again"
-    )
+    fix = "free some disk space"
+    if _is_under(Path(path), lamini_home()):
+        fix += " or point LAMINI_HOME at a bigger disk"
+    return LaminiError(f"no space left on the device while writing {path} ({exc.strerror}); {fix}, "
+                       f"then run the command again")
+
+
+def unwritable_error(path: Path, exc: OSError) -> LaminiError:
+    return LaminiError(f"cannot write to {path} ({exc.strerror}): the folder is read-only or not yours; "
+                       f"pick a folder you can write to (or fix its permissions), then run the command again")
+
+
+def write_error(path: Path, exc: OSError) -> LaminiError | None:
+    """The one-line error for a write the user can fix (full disk, read-only folder), else None."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return disk_full_error(path, exc)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return unwritable_error(path, exc)
+    return None
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -97,8 +122,9 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
             os.replace(staging, final)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
-            raise disk_full_error(final, exc) from exc
+        err = write_error(final, exc)
+        if err:
+            raise err from exc
         raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,26 +144,116 @@ def scratch_dir(parent: Path, name: str = "work") -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _staging_name(path)
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a staging path beside `final` for a writer that wants a file name (matplotlib, pyarrow).
+
+    The staging file becomes `final` (fsynced, then renamed) when the block ends
+    without error, so readers see the old file or the new one, never half of one;
+    on an error it is removed. A SIGKILL leaves a `.tmp-*` file for
+    `clean_stale_tmp`. The staging name ends with `final`'s name, so writers that
+    pick a format from the suffix still do.
+    """
+    final = Path(final)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err = write_error(final, exc)
+        if err:
+            raise err from exc
+        raise
+    tmp = _staging_name(final)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise disk_full_error(path, exc) from exc
+        err = write_error(final, exc) if isinstance(exc, OSError) else None
+        if err:
+            raise err from exc
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never half."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[Path]:
+    """Hold `folder` for this process alone; another process asking for it gets a one-line error.
+
+    For commands that write into a folder and must not run twice at once on it (two
+    `lamini data run` on one OUT would pay the teacher twice). `fcntl.flock` on
+    `folder/.lamini.lock`: the kernel drops the lock when its process exits, however
+    it exits (SIGKILL and power cuts included), so a lock is never stale. The file
+    holds the holder's pid, only for the message. `folder` is created if missing,
+    and removed again on the way out if it is still empty (a command that failed
+    before writing anything leaves nothing behind).
+    """
+    import fcntl
+
+    folder = Path(folder)
+    created = not folder.exists()
+    path = folder / LOCK_NAME
+    for _ in range(100):  # each retry is a race with a holder that is just letting go
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # the last holder removed the empty folder between our mkdir and open
+        except OSError as exc:
+            err = write_error(folder, exc)
+            if err:
+                raise err from exc
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise LaminiError(
+                f"{folder} is in use by another lamini command (pid {holder or 'unknown'}); "
+                f"wait for it to finish or stop it, then run this again") from None
+        # The holder before us unlinks the file on release: a lock taken on an unlinked
+        # file guards nothing, so make sure the one we locked is still the one at `path`.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise LaminiError(f"could not lock {path}: it keeps being removed; is another program cleaning {folder}?")
+    try:
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError as exc:
+            err = write_error(path, exc)
+            if err:
+                raise err from exc
+            raise
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds when empty
 
 
 def dir_size(path: Path) -> int:

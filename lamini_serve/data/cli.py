@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -35,8 +36,8 @@ def dedup_options(f):
     f = click.option("--disable-filter", multiple=True,
                      type=click.Choice(["too_short", "too_long", "media", "bad_start", "repetitive"]),
                      help="Turn one instruction filter off (repeatable).")(f)
-    f = click.option("--min-words", type=int, default=3, show_default=True)(f)
-    f = click.option("--max-words", type=int, default=150, show_default=True)(f)
+    f = click.option("--min-words", type=click.IntRange(0), default=3, show_default=True)(f)
+    f = click.option("--max-words", type=click.IntRange(0), default=150, show_default=True)(f)
     return f
 
 
@@ -61,10 +62,11 @@ def data() -> None:
 @click.option("--teacher-model", default=None, help="The model name the endpoint serves.")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the key.")
 @click.option("--concurrency", type=click.IntRange(1), default=64, show_default=True, help="HTTP requests in flight.")
-@click.option("--rpm", type=float, default=None, help="Requests-per-minute limit (HTTP).")
-@click.option("--tpm", type=float, default=None, help="Tokens-per-minute limit (HTTP).")
+@click.option("--rpm", type=click.FloatRange(0, min_open=True), default=None, help="Requests-per-minute limit (HTTP).")
+@click.option("--tpm", type=click.FloatRange(0, min_open=True), default=None, help="Tokens-per-minute limit (HTTP).")
 @click.option("--max-retries", type=click.IntRange(0), default=6, show_default=True)
-@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds per HTTP request.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=120.0, show_default=True,
+              help="Seconds per HTTP request (> 0).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Batch size of an in-process teacher.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seeds", default="builtin", show_default=True, help="builtin, a .jsonl/.csv/.parquet file, or a hub dataset id.")
@@ -74,10 +76,11 @@ def data() -> None:
 @click.option("--topic-calls", type=click.IntRange(0), default=30, show_default=True, help="Topic-guided generation calls.")
 @click.option("--style", type=click.Choice(["auto", "chat", "completion"]), default="auto", show_default=True,
               help="Generation prompt: the paper's chat prompt, or a numbered list to continue; auto asks the teacher.")
-@click.option("--gen-temperature", type=float, default=0.9, show_default=True)
-@click.option("--gen-max-tokens", type=int, default=None, help="Default: 1024 (chat style), 128 (completion style).")
-@click.option("--resp-temperature", type=float, default=0.0, show_default=True)
-@click.option("--resp-max-tokens", type=int, default=None, help="Default: 128 in-process, 512 over HTTP.")
+@click.option("--gen-temperature", type=click.FloatRange(0), default=0.9, show_default=True)
+@click.option("--gen-max-tokens", type=click.IntRange(1), default=None,
+              help="Default: 1024 (chat style), 128 (completion style).")
+@click.option("--resp-temperature", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--resp-max-tokens", type=click.IntRange(1), default=None, help="Default: 128 in-process, 512 over HTTP.")
 @click.option("--system-prompt", default=LAMINI_TEACHER_SYSTEM, show_default=True)
 @click.option("--answer-seeds", is_flag=True,
               help="Also have the teacher answer the seed instructions themselves and keep them in the dataset.")
@@ -100,6 +103,7 @@ def run(out, teacher, teacher_url, teacher_model, api_key_env, concurrency, rpm,
           --calls 50000 --topic-calls 50000 --shard 0/8
     """
     from lamini_serve.data.pipeline import DataConfig, run_data
+    from lamini_serve.paths import clean_stale_tmp, folder_lock
     from lamini_serve.teacher.backends import make_teacher
 
     dedup, filters = _dedup_filter(near_dup_threshold, no_near_dedup, no_exact_dedup, disable_filter, min_words, max_words)
@@ -109,10 +113,13 @@ def run(out, teacher, teacher_url, teacher_model, api_key_env, concurrency, rpm,
         system_prompt=system_prompt, resp_temperature=resp_temperature, resp_max_tokens=resp_max_tokens,
         dedup=dedup, filters=filters, shard=_shard(shard), seed=seed, jsonl=jsonl, stats=not no_stats,
     )
-    t = make_teacher(teacher, url=teacher_url, model=teacher_model, api_key_env=api_key_env, batch_size=batch_size,
-                     device=device, concurrency=concurrency, requests_per_minute=rpm, tokens_per_minute=tpm,
-                     max_retries=max_retries, timeout=timeout)
-    summary = run_data(cfg, t)
+    # One run per OUT at a time: two would pay the teacher twice for the same units.
+    with folder_lock(Path(out)) as folder:
+        clean_stale_tmp(folder)  # what a killed run was writing
+        t = make_teacher(teacher, url=teacher_url, model=teacher_model, api_key_env=api_key_env, batch_size=batch_size,
+                         device=device, concurrency=concurrency, requests_per_minute=rpm, tokens_per_minute=tpm,
+                         max_retries=max_retries, timeout=timeout)
+        summary = run_data(cfg, t)
     _print_summary(summary, out)
 
 
@@ -134,16 +141,21 @@ def _print_summary(summary: dict, out: str) -> None:
 def merge(out, runs, near_dup_threshold, no_near_dedup, no_exact_dedup, disable_filter, min_words, max_words):
     """Join the run folders of shards (RUNS) into OUT, deduplicated across all of them."""
     from lamini_serve.data.pipeline import DataConfig, merge_runs
+    from lamini_serve.paths import clean_stale_tmp, folder_lock
 
     dedup, filters = _dedup_filter(near_dup_threshold, no_near_dedup, no_exact_dedup, disable_filter, min_words, max_words)
-    summary = merge_runs(out, list(runs), DataConfig(out=out, dedup=dedup, filters=filters, stats=False))
+    cfg = DataConfig(out=out, dedup=dedup, filters=filters, stats=False)
+    with folder_lock(Path(out)) as folder:
+        clean_stale_tmp(folder)
+        clean_stale_tmp(folder.resolve().parent)  # the merge is staged beside OUT
+        summary = merge_runs(out, list(runs), cfg)
     _print_summary(summary, out)
 
 
 @data.command()
 @click.argument("dataset", type=click.Path())
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Where the report goes (default: beside the dataset).")
-@click.option("--map-rows", type=int, default=3000, show_default=True, help="Rows sampled for the t-SNE map.")
+@click.option("--map-rows", type=click.IntRange(5), default=3000, show_default=True, help="Rows sampled for the t-SNE map.")
 @click.option("--no-plots", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def stats(dataset, out_dir, map_rows, no_plots, as_json):
@@ -175,7 +187,10 @@ def import_(source, out, columns, split, near_dup_threshold, no_near_dedup, no_e
     """Bring an existing instruction dataset (a file or a hub id such as MBZUAI/LaMini-instruction)
     through the same filters and dedup, into OUT/dataset.parquet."""
     from lamini_serve.data.pipeline import import_dataset
+    from lamini_serve.paths import clean_stale_tmp, folder_lock
 
     dedup, filters = _dedup_filter(near_dup_threshold, no_near_dedup, no_exact_dedup, disable_filter, min_words, max_words)
-    summary = import_dataset(source, out, _columns(columns), split, dedup, filters)
+    with folder_lock(Path(out)) as folder:
+        clean_stale_tmp(folder)
+        summary = import_dataset(source, out, _columns(columns), split, dedup, filters)
     _print_summary(summary, out)

@@ -36,7 +36,11 @@ def load_topics(source: str = BUILTIN) -> list[str]:
     p = Path(source).expanduser()
     if not p.is_file():
         raise LaminiError(f"--topics {source}: no such file; pass a text file with one topic per line, or 'builtin'")
-    topics = [t.strip() for t in p.read_text(encoding="utf-8").splitlines() if t.strip() and not t.startswith("#")]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LaminiError(f"--topics {source} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    topics = [t.strip() for t in text.splitlines() if t.strip() and not t.startswith("#")]
     if len(topics) < 3:
         raise LaminiError(f"--topics {source}: needs at least 3 topics (one per line), found {len(topics)}")
     return topics
@@ -53,23 +57,14 @@ def load_seeds(source: str = BUILTIN, columns: dict[str, str] | None = None, spl
     if unknown:
         raise LaminiError(f"unknown column mapping {', '.join(sorted(unknown))}; map instruction, input or output")
     if source == BUILTIN:
-        rows = _jsonl_rows(_resource("seeds.jsonl"), "built-in seeds")
+        rows = jsonl_rows(_resource("seeds.jsonl"), "built-in seeds")
     else:
         p = Path(source).expanduser()
         if p.is_file():
             suffix = p.suffix.lower()
-            if suffix in (".jsonl", ".json"):
-                text = p.read_text(encoding="utf-8")
-                rows = json.loads(text) if suffix == ".json" and text.lstrip().startswith("[") else _jsonl_rows(text, str(p))
-            elif suffix == ".csv":
-                with open(p, newline="", encoding="utf-8-sig") as f:  # Excel writes a byte-order mark
-                    rows = list(csv.DictReader(f))
-            elif suffix == ".parquet":
-                import pyarrow.parquet as pq
-
-                rows = pq.read_table(p).to_pylist()
-            else:
+            if suffix not in (".jsonl", ".json", ".csv", ".parquet"):
                 raise LaminiError(f"{source}: unknown seed file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
+            rows = read_rows(p)
         elif p.exists() or source.startswith((".", "/", "~")):
             raise LaminiError(f"{source}: no such seed file")
         else:
@@ -77,7 +72,48 @@ def load_seeds(source: str = BUILTIN, columns: dict[str, str] | None = None, spl
     return _to_seeds(rows, columns, source)
 
 
-def _jsonl_rows(text: str, where: str) -> list[dict[str, Any]]:
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a .jsonl/.json/.csv/.parquet file, or a one-line error saying why they cannot be read."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            rows = read_parquet_rows(p)
+        elif suffix == ".csv":
+            with open(p, newline="", encoding="utf-8-sig") as f:  # Excel writes a byte-order mark
+                rows = list(csv.DictReader(f))
+        else:
+            text = p.read_text(encoding="utf-8")
+            if suffix == ".json" and text.lstrip().startswith("["):
+                try:
+                    rows = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise LaminiError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from None
+                if not all(isinstance(r, dict) for r in rows):
+                    raise LaminiError(f"{p}: a JSON list of objects is needed, one per row")
+            else:
+                rows = jsonl_rows(text, str(p))
+    except UnicodeDecodeError as exc:
+        raise LaminiError(f"{p} is not UTF-8 text (byte {exc.start}); save it as UTF-8, or as Parquet") from None
+    except csv.Error as exc:
+        raise LaminiError(f"{p} is not a readable CSV file ({exc}); fix the file") from None
+    return rows
+
+
+def read_parquet_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a Parquet file; a file that is not Parquet (or is cut short) is a one-line error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise LaminiError(f"{path} is not a readable Parquet file ({why}); it may be cut short or be another "
+                          f"format: write it again, or pass a .jsonl/.csv file") from None
+
+
+def jsonl_rows(text: str, where: str) -> list[dict[str, Any]]:
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from lamini_serve.data.seeds import read_parquet_rows, read_rows
 from lamini_serve.data.text import words
 from lamini_serve.errors import LaminiError
 from lamini_serve.generation import cut_at_limit
@@ -92,6 +93,19 @@ def embed(texts: Sequence[str], batch_size: int = 64):
     return np.concatenate(out) if out else np.zeros((0, 384), dtype="float32")
 
 
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as a PNG atomically (a kill mid-write leaves no half-written plot), then close it."""
+    import matplotlib.pyplot as plt
+
+    from lamini_serve.paths import atomic_file
+
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
 def plot_map(texts: Sequence[str], sources: Sequence[str], path: Path, seed: int = 0) -> None:
     import matplotlib
 
@@ -114,8 +128,7 @@ def plot_map(texts: Sequence[str], sources: Sequence[str], path: Path, seed: int
     ax.set_yticks([])
     ax.legend(loc="best", markerscale=2, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_lengths(stats_rows: list[dict[str, Any]], path: Path) -> None:
@@ -132,8 +145,7 @@ def plot_lengths(stats_rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("words")
         ax.set_ylabel("rows")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def load_rows(dataset: str | Path) -> list[dict[str, Any]]:
@@ -142,12 +154,7 @@ def load_rows(dataset: str | Path) -> list[dict[str, Any]]:
         p = p / "dataset.parquet"
     if not p.is_file():
         raise LaminiError(f"{dataset}: no dataset here; pass a dataset.parquet/.jsonl or a run folder of `lamini data run`")
-    if p.suffix == ".jsonl":
-        rows = [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    else:
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(p).to_pylist()
+    rows = read_rows(p) if p.suffix.lower() in (".jsonl", ".json", ".csv") else read_parquet_rows(p)
     for col in ("instruction", "response"):
         if rows and col not in rows[0]:
             raise LaminiError(f"{dataset}: no {col!r} column; a LaMini dataset has instruction, response, instruction_source")
@@ -161,11 +168,18 @@ def describe(dataset: str | Path, out_dir: str | Path | None = None, map_rows: i
     """Compute the statistics, write stats.json, stats.md and the PNGs into out_dir."""
     import random
 
-    from lamini_serve.paths import atomic_write_text
+    from lamini_serve.paths import atomic_write_text, clean_stale_tmp, write_error
 
     rows = load_rows(dataset)
     out = Path(out_dir) if out_dir else (Path(dataset) if Path(dataset).is_dir() else Path(dataset).parent)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err = write_error(out, exc)
+        if err:
+            raise err from None
+        raise
+    clean_stale_tmp(out)  # plots and reports a killed run was writing
     stats = compute_stats(rows)
     if plots and len(rows) >= 5:
         sample = random.Random(seed).sample(rows, min(map_rows, len(rows)))

@@ -8,7 +8,10 @@ rerun skips every key already here. Shards of one job write separate stores;
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -31,18 +34,82 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 """
 TABLES = ("calls", "instructions", "responses", "failures", "meta")
 
+# SQLite's primary result codes (the low byte of an extended code).
+_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT = 3, 8, 10, 11
+_SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 13, 14, 26
+_USER_FIXABLE = {_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN,
+                 _SQLITE_NOTADB}
+# A full disk often shows as an I/O error (the shared-memory file of WAL mode cannot
+# grow) rather than as SQLITE_FULL: below this much free space, call it full.
+_NEARLY_FULL = 8 << 20
+
+
+def store_error(path: str | Path, exc: sqlite3.Error, action: str = "open") -> LaminiError:
+    """The one line for a store that cannot be used, naming the real cause and its fix.
+
+    A full disk or a read-only folder must never be mistaken for a broken file: the
+    advice for a broken one (move it away) throws away every finished unit.
+    """
+    from lamini_serve.paths import disk_full_error, unwritable_error
+
+    path = Path(path)
+    folder = path.parent
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == _SQLITE_FULL or (code == _SQLITE_IOERR and _free_bytes(folder) < _NEARLY_FULL):
+        return disk_full_error(path, OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {exc}"))
+    if code in (_SQLITE_READONLY, _SQLITE_PERM, _SQLITE_CANTOPEN, _SQLITE_IOERR) and not _writable(folder):
+        return unwritable_error(folder, OSError(errno.EROFS if _read_only_fs(folder) else errno.EACCES, str(exc)))
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "no such table" in str(exc):
+        return damaged_store_error(path, str(exc))
+    return LaminiError(f"could not {action} the store {path} ({exc}); check the disk and the folder's permissions, "
+                       f"then run the same command again: the work already in the store is kept")
+
+
+def damaged_store_error(path: Path, why: str) -> LaminiError:
+    return LaminiError(f"{path} is not a lamini store ({why}): the file is damaged or is something else; "
+                       f"move it away and rerun (the work it held is done again)")
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62
+
+
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK) and not _read_only_fs(folder)
+
 
 class Store:
     def __init__(self, path: str | Path):
+        from lamini_serve.paths import write_error
+
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            err = write_error(self.path.parent, exc)
+            if err:
+                raise err from None
+            raise
+        self.db = None
         try:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # survives a killed process; WAL keeps it consistent
             self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise LaminiError(f"{self.path} is not a usable lamini store ({exc}); move it away and rerun") from None
+        except sqlite3.Error as exc:
+            if self.db is not None:
+                self.db.close()
+            raise store_error(self.path, exc) from None
 
     def close(self) -> None:
         self.db.close()
@@ -87,7 +154,7 @@ class Store:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (name, json.dumps(value)))
 
     def _tx(self):
-        return _Transaction(self.db)
+        return _Transaction(self.db, self.path)
 
     # ---- reads -----------------------------------------------------------------
     def keys(self, table: str) -> set[str]:
@@ -116,9 +183,22 @@ class Store:
         other = Path(other)
         if not other.is_file():
             raise LaminiError(f"{other}: no such store; pass run folders made by `lamini data run`")
-        added = {}
-        self.db.execute("ATTACH DATABASE ? AS other", (str(other),))
         try:
+            self.db.execute("ATTACH DATABASE ? AS other", (str(other),))
+        except sqlite3.Error as exc:
+            raise store_error(other, exc, "read") from None
+        try:
+            try:
+                # Checked before copying, so that a damaged shard store is named as the
+                # culprit rather than showing up as a failed write to this one.
+                problems = self.db.execute("PRAGMA other.quick_check(1)").fetchone()[0]
+                if problems != "ok":
+                    raise damaged_store_error(other, problems)
+                for table in ("calls", "instructions", "responses"):
+                    self.db.execute(f"SELECT 1 FROM other.{table} LIMIT 1").fetchall()  # noqa: S608
+            except sqlite3.Error as exc:
+                raise store_error(other, exc, "read") from None
+            added = {}
             with self._tx():
                 for table in ("calls", "instructions", "responses"):
                     before = self.count(table)
@@ -128,17 +208,50 @@ class Store:
             self.db.execute("DETACH DATABASE other")
         return added
 
+    def copy_to(self, path: str | Path) -> None:
+        """A consistent copy of the whole store (every table) at `path`, even while others write."""
+        dst = sqlite3.connect(Path(path), isolation_level=None)
+        try:
+            self.db.backup(dst)
+        except sqlite3.Error as exc:
+            raise store_error(path, exc, "write") from None
+        finally:
+            dst.close()
+
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection):
+    """BEGIN IMMEDIATE ... COMMIT; a failure rolls back, and a full disk or a read-only
+    folder becomes the one-line error that names it (the work committed before stays)."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path):
         self.db = db
+        self.path = path
 
     def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._error(exc) from None
 
     def __exit__(self, exc_type, exc, tb):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return False
+            except sqlite3.OperationalError as commit_exc:
+                exc = commit_exc
+        # SQLite rolls back by itself after some errors (a full disk among them).
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):
+            raise self._error(exc) from None
         return False
+
+    def _error(self, exc: sqlite3.OperationalError) -> Exception:
+        # Only what the user can fix becomes a one-liner; anything else (a busy database,
+        # a bug in a statement) keeps its traceback for a bug report.
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        return store_error(self.path, exc, "write to") if code in _USER_FIXABLE else exc
 
 
 def iter_chunks(items: list, size: int) -> Iterable[list]:

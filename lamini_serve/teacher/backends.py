@@ -22,6 +22,9 @@ OnResult = Callable[[Result], None]
 
 class InProcessTeacher:
     kind = "in-process"
+    # Re-sends of an unusable reply (the pipeline's budget): one, because regenerating on a
+    # CPU is slow and a greedy answer comes back the same anyway.
+    max_retries = 1
 
     def __init__(self, name: str = "embedded", batch_size: int = 32, device: str = "auto", dtype: str = "auto",
                  pull: bool = False):
@@ -37,6 +40,7 @@ class InProcessTeacher:
         self.device, self.dtype = device, dtype
         label = self.spec.metadata.get("display_name") or name
         self.id = f"local:{label}"
+        self.provenance = {"kind": self.kind, "model": name, "path": str(self.spec.path)}
         # A teacher states which instruction-generation prompt it can follow (lamini.json).
         self.style = self.spec.metadata.get("generation_style", "chat")
         self._engine = None
@@ -75,7 +79,7 @@ class InProcessTeacher:
                 else:
                     outs = self.engine.complete([r.payload["prompt"] for r in batch], params)
                 for r, c in zip(batch, outs):
-                    on_result(Result(r.key, c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason))
+                    on_result(Result(r.key, c))
 
 
 class HTTPTeacher:
@@ -85,9 +89,16 @@ class HTTPTeacher:
         if not model:
             raise LaminiError("--teacher-url needs --teacher-model: the model name the server knows")
         self.config = ClientConfig(url, model, api_key=os.environ.get(api_key_env) or None, **client_kw)
-        self.id = f"{model}@{self.config.base_url}"
+        # The work keys and the dataset name the model, which decides the text; the address does
+        # not (localhost and 127.0.0.1, or a proxy, reach the same server): it is provenance only.
+        self.id = model
+        self.provenance = {"kind": self.kind, "model": model, "url": self.config.base_url}
         self.style = style
         self.retries = 0
+
+    @property
+    def max_retries(self) -> int:
+        return self.config.max_retries
 
     def run(self, requests: Iterable[Request], on_result: OnResult) -> None:
         import asyncio
@@ -99,6 +110,7 @@ class HTTPTeacher:
 
         window = self.config.concurrency * 2
         it = iter(requests)
+        earlier = self.retries  # a caller may run several rounds: the count goes on
         async with OpenAIClient(self.config) as client:
             pending: set[asyncio.Task] = set()
 
@@ -116,7 +128,7 @@ class HTTPTeacher:
                     for task in done:
                         pending.discard(task)
                         result = task.result()  # TeacherFatal stops the run here
-                        self.retries = client.retries
+                        self.retries = earlier + client.retries
                         on_result(result)
                     fill()
             finally:

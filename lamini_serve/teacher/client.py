@@ -15,9 +15,10 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from lamini_serve.errors import LaminiError
+from lamini_serve.generation import Completion
 
 
 class TeacherFatal(LaminiError):
@@ -34,16 +35,13 @@ class Request:
 @dataclass
 class Result:
     key: str
-    text: str | None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
+    completion: Completion | None = None
     error: str | None = None  # set when the request failed for good
     attempts: int = 1
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.text is not None
+        return self.error is None and self.completion is not None
 
 
 @dataclass
@@ -65,6 +63,8 @@ class ClientConfig:
             raise LaminiError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.max_retries < 0:
             raise LaminiError(f"max_retries must be >= 0, got {self.max_retries}")
+        if not self.timeout > 0:  # aiohttp reads 0 as "no timeout": a stalled teacher would hang the run
+            raise LaminiError(f"timeout must be positive (seconds), got {self.timeout}")
         for name in ("requests_per_minute", "tokens_per_minute"):
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -80,13 +80,16 @@ class RateLimiter:
     """A token bucket refilled continuously: `per_minute` units a minute, bursts of 5 seconds' worth.
 
     (A whole minute's burst at start trips servers that also count per second.)
+    `clock` and `sleep` are injectable so that tests can pace it without waiting.
     """
 
-    def __init__(self, per_minute: float, burst_seconds: float = 5.0):
+    def __init__(self, per_minute: float, burst_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * burst_seconds)
         self.level = self.capacity
-        self.stamp = time.monotonic()
+        self.clock, self.sleep = clock, sleep
+        self.stamp = clock()
         self.lock = asyncio.Lock()
 
     async def take(self, amount: float = 1.0) -> float:
@@ -94,13 +97,14 @@ class RateLimiter:
         amount = min(amount, self.capacity)  # a request bigger than a burst waits for a full bucket
         async with self.lock:
             while True:
-                now = time.monotonic()
+                now = self.clock()
                 self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
                 self.stamp = now
-                if self.level >= amount:
-                    self.level -= amount
+                # (With a tolerance: float dust would ask for a sleep too short to move the clock.)
+                if self.level >= amount - 1e-9:
+                    self.level = max(0.0, self.level - amount)
                     return amount
-                await asyncio.sleep((amount - self.level) / self.rate)
+                await self.sleep((amount - self.level) / self.rate)
 
     def refund(self, amount: float) -> None:
         self.level = min(self.capacity, self.level + amount)
@@ -119,6 +123,22 @@ def estimate_tokens(payload: dict[str, Any]) -> int:
     else:
         chars = len(payload.get("prompt", ""))
     return chars // 4 + int(payload.get("max_tokens") or 256)
+
+
+def error_message(body: str, limit: int = 300) -> str:
+    """The server's own words from an error body: OpenAI's error.message, vLLM's message,
+    FastAPI's detail, else the raw text; on one line, so that it fits a one-line error."""
+    said: Any = None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        said = err.get("message") if isinstance(err, dict) else err
+        said = said or data.get("message") or data.get("detail")
+    text = " ".join(str(said if said else body).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def _retry_after(headers) -> float | None:
@@ -142,11 +162,13 @@ def _retry_after(headers) -> float | None:
 class OpenAIClient:
     """Sends Requests to an OpenAI-compatible server; use as `async with`."""
 
-    def __init__(self, config: ClientConfig):
+    def __init__(self, config: ClientConfig, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
         self.config = config
         self.semaphore = asyncio.Semaphore(config.concurrency)
-        self.rpm = RateLimiter(config.requests_per_minute) if config.requests_per_minute else None
-        self.tpm = RateLimiter(config.tokens_per_minute) if config.tokens_per_minute else None
+        rpm, tpm = config.requests_per_minute, config.tokens_per_minute
+        self.rpm = RateLimiter(rpm, clock=clock, sleep=sleep) if rpm else None
+        self.tpm = RateLimiter(tpm, clock=clock, sleep=sleep) if tpm else None
         self.retries = 0  # total retries, for progress displays
         self.fatal: TeacherFatal | None = None  # once set, nothing more is sent
         self._client = None
@@ -191,7 +213,8 @@ class OpenAIClient:
                                 f"the same command: finished rows are kept"
                             )
                             raise self.fatal from None
-                        return Result(req.key, None, error=r.why, attempts=attempt)
+                        return Result(req.key, error=f"{r.why} (after {self.config.max_retries} retries)",
+                                      attempts=attempt)
                     self.retries += 1
                     delay = random.uniform(0, min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1)))
                     if r.wait is not None:
@@ -214,7 +237,7 @@ class OpenAIClient:
         except aiohttp.ClientConnectorError as exc:
             raise _Retry(f"cannot connect: {exc.os_error or exc}", down=True) from None
         except asyncio.TimeoutError:
-            raise _Retry("timed out") from None
+            raise _Retry(f"no answer within {self.config.timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise _Retry(f"connection broken: {type(exc).__name__}") from None
         text_body = raw.decode("utf-8", "replace")
@@ -229,9 +252,9 @@ class OpenAIClient:
                 f"({text_body[:120].strip()}); check --teacher-model and --teacher-url"
             )
         if status == 429 or status >= 500 or status == 408:
-            raise _Retry(f"HTTP {status}", wait=_retry_after(headers))
+            raise _Retry(f"HTTP {status}: {error_message(text_body)}", wait=_retry_after(headers))
         if status >= 400:
-            return Result(req.key, None, error=f"HTTP {status}: {text_body[:200]}")
+            return Result(req.key, error=f"HTTP {status}: {error_message(text_body)}")
         try:
             data = json.loads(raw)
             choice = data["choices"][0]
@@ -243,10 +266,7 @@ class OpenAIClient:
             used = int(usage.get("total_tokens") or est)
             if used < charged:
                 self.tpm.refund(charged - used)
-        return Result(
-            req.key, text if isinstance(text, str) else None,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            finish_reason=choice.get("finish_reason"),
-            error=None if isinstance(text, str) else "no text in the response",
-        )
+        if not isinstance(text, str):
+            return Result(req.key, error="no text in the response")
+        return Result(req.key, Completion(text, int(usage.get("prompt_tokens") or 0),
+                                          int(usage.get("completion_tokens") or 0), choice.get("finish_reason")))

@@ -3,9 +3,12 @@
 It answers /v1/chat/completions and /v1/completions deterministically from the
 request (so two runs can be compared row for row), after a fixed latency, and
 fails on purpose on a seeded share of first attempts: 429 with Retry-After,
-500, a reply slower than the client's timeout, a truncated JSON body, garbage
-text, empty text. Retries of the same request succeed, as with a real flaky
-server, so a resumed run can finish.
+500, 400 (a request the server refuses), a reply slower than the client's
+timeout, a truncated JSON body, garbage text, empty text, prose without a single
+instruction, an answer that loops. Retries of the same request succeed, as with a
+real flaky server, so a resumed run can finish; `faulty_attempts` makes faults
+last (a server that fails everything), `sticky` makes the same requests fail on
+every faulty attempt, and `roles` aims them at generation calls or answers only.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-FAULTS = ("429", "500", "timeout", "truncated", "garbage", "empty")
+FAULTS = ("429", "500", "400", "timeout", "truncated", "garbage", "empty", "prose", "loop")
+ROLES = ("generate", "answer")
+BAD_REQUEST = "fake: max_tokens is too large for this model (the fault injected as 400)"
+PROSE = "I am sorry, but I would rather talk about the weather today. It is sunny."
+LOOP = "The answer is the answer is the answer. " * 8
 
 
 @dataclass
@@ -29,11 +36,13 @@ class FaultPlan:
     retry_after: float = 0.2
     timeout_sleep: float = 3.0
     faulty_attempts: int = 1  # faults hit only the first N attempts of a request
+    sticky: bool = False  # one draw per request, not per attempt: a faulty request stays faulty
+    roles: tuple[str, ...] = ROLES  # which requests may fail: generation calls, answers
 
-    def pick(self, digest: str, attempt: int) -> str | None:
-        if attempt > self.faulty_attempts:
+    def pick(self, digest: str, attempt: int, role: str = "answer") -> str | None:
+        if attempt > self.faulty_attempts or role not in self.roles:
             return None
-        u = random.Random(f"{self.seed}:{digest}:{attempt}").random()
+        u = random.Random(f"{self.seed}:{digest}" + ("" if self.sticky else f":{attempt}")).random()
         acc = 0.0
         for name in FAULTS:
             acc += self.rates.get(name, 0.0)
@@ -49,11 +58,21 @@ def fake_instructions(prompt: str, n: int) -> list[str]:
     return [f"{verbs[int(h[i % 60:i % 60 + 2], 16) % len(verbs)]} subject {h[:10]}-{i}." for i in range(n)]
 
 
-def answer_for(kind: str, body: dict) -> str:
+def prompt_text(kind: str, body: dict) -> str:
     if kind == "chat":
-        text = "\n".join(m.get("content", "") for m in body.get("messages", []))
-    else:
-        text = body.get("prompt", "")
+        return "\n".join(m.get("content", "") for m in body.get("messages", []))
+    return body.get("prompt", "")
+
+
+def role_of(kind: str, body: dict) -> str:
+    """"generate" for a request for new instructions (either prompt style), else "answer"."""
+    text = prompt_text(kind, body)
+    return "generate" if (re.search(r"Generate (\d+)", text) or "<example>" in text
+                          or re.search(r"\n\d+\.\s*$", text)) else "answer"
+
+
+def answer_for(kind: str, body: dict) -> str:
+    text = prompt_text(kind, body)
     m = re.search(r"Generate (\d+)", text)
     if m or "<example>" in text:
         n = int(m.group(1)) if m else 20
@@ -80,6 +99,7 @@ class FakeOpenAIServer:
         self.host, self.port = host, port
         self.attempts: Counter[str] = Counter()
         self.served: Counter[str] = Counter()  # outcome -> count
+        self.history: dict[str, list[str]] = {}  # request digest -> outcome of each attempt
         self.url = ""
         self._loop = None
         self._runner = None
@@ -100,15 +120,19 @@ class FakeOpenAIServer:
                 return web.json_response({"error": {"message": "bad json"}}, status=400)
             digest = hashlib.sha256(raw).hexdigest()
             self.attempts[digest] += 1
-            fault = self.faults.pick(digest, self.attempts[digest])
+            fault = self.faults.pick(digest, self.attempts[digest], role_of(kind, body))
             if self.latency:
                 await asyncio.sleep(self.latency)
             self.served[fault or "ok"] += 1
+            self.history.setdefault(digest, []).append(fault or "ok")
             if fault == "429":
                 return web.json_response({"error": {"message": "rate limited"}}, status=429,
                                          headers={"Retry-After": str(self.faults.retry_after)})
             if fault == "500":
                 return web.json_response({"error": {"message": "internal error"}}, status=500)
+            if fault == "400":
+                return web.json_response({"error": {"message": BAD_REQUEST, "type": "invalid_request_error"}},
+                                         status=400)
             if fault == "timeout":
                 await asyncio.sleep(self.faults.timeout_sleep)
             text = answer_for(kind, body)
@@ -116,6 +140,10 @@ class FakeOpenAIServer:
                 text = "\ufffd\x00#%$@!" * 3
             elif fault == "empty":
                 text = ""
+            elif fault == "prose":
+                text = PROSE
+            elif fault == "loop":
+                text = LOOP
             choice = {"index": 0, "finish_reason": "stop"}
             if kind == "chat":
                 choice["message"] = {"role": "assistant", "content": text}

@@ -2,8 +2,15 @@ import random
 
 import pytest
 
-from lamini_serve.data.dedup import DedupConfig, dedup_reasons, exact_duplicates, minhash_signatures, near_duplicates
+from lamini_serve.data.dedup import (
+    DedupConfig,
+    dedup_reasons,
+    exact_duplicates,
+    minhash_signatures,
+    near_duplicates,
+)
 from lamini_serve.data.filters import FilterConfig, instruction_reason, response_reason
+from lamini_serve.data.text import normalize
 from lamini_serve.errors import LaminiError
 
 
@@ -43,6 +50,12 @@ def test_dropped_rows_neither_get_nor_give_reasons():
     assert dedup_reasons(t, dropped=[True, False]) == [None, None]
 
 
+def _shingles(text: str, k: int = 5) -> set[bytes]:
+    # The definition dedup promises: k-byte shingles of the normalized UTF-8 text.
+    b = normalize(text).encode("utf-8").ljust(k)
+    return {b[i:i + k] for i in range(len(b) - k + 1)}
+
+
 def test_minhash_is_deterministic_and_estimates_jaccard():
     rng = random.Random(0)
     texts = ["".join(rng.choice("abcdefghij ") for _ in range(80)) for _ in range(50)]
@@ -50,6 +63,26 @@ def test_minhash_is_deterministic_and_estimates_jaccard():
     b = minhash_signatures(texts, num_perm=64, chunk_rows=7)
     assert (a == b).all()
     assert all(x is None for x in near_duplicates(a, bands=16, threshold=0.9))
+
+    # Pairs from near copies to strangers: a base text and a copy with a share of its words replaced.
+    vocab = [f"{c}{v}{d}" for c in "bdfgklmnprst" for v in "aeiou" for d in "nrst"]
+    pairs = []
+    for share in (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0):
+        for _ in range(3):
+            words = [rng.choice(vocab) for _ in range(40)]
+            other = [rng.choice(vocab) if rng.random() < share else w for w in words]
+            pairs.append((" ".join(words), " ".join(other)))
+    sigs = minhash_signatures([t for pair in pairs for t in pair], num_perm=256)
+    estimates, exact = [], []
+    for i, (x, y) in enumerate(pairs):
+        estimates.append(float((sigs[2 * i] == sigs[2 * i + 1]).mean()))
+        sx, sy = _shingles(x), _shingles(y)
+        exact.append(len(sx & sy) / len(sx | sy))
+    assert min(exact) < 0.1 and max(exact) == 1.0  # the pairs span the whole range
+    errors = [abs(e - j) for e, j in zip(estimates, exact)]
+    # 256 permutations: a standard error of at most 0.031, so 0.13 is over 4 of them.
+    assert max(errors) < 0.13, list(zip(exact, estimates))
+    assert sum(errors) / len(errors) < 0.04, list(zip(exact, estimates))
 
 
 def test_bad_dedup_config():
@@ -80,6 +113,14 @@ def test_filters_can_be_switched_off():
     assert instruction_reason("Give three tips for staying healthy.") is None
     with pytest.raises(LaminiError, match="unknown filter"):
         FilterConfig(disabled=("nope",))
+
+
+def test_word_limits_are_inclusive():
+    cfg = FilterConfig(min_words=4, max_words=8)
+    assert instruction_reason("Name three red fruits.", cfg) is None  # exactly min_words
+    assert instruction_reason("Name red fruits.", cfg).startswith("too short (3 words < 4)")
+    assert instruction_reason("Name three red fruits that grow in Spain.", cfg) is None  # exactly max_words
+    assert instruction_reason("Name three red fruits that grow in southern Spain.", cfg).startswith("too long (9 words > 8)")
 
 
 def test_response_garbage():

@@ -1,4 +1,10 @@
-from lamini_serve.data.prompts import Example, chat_prompt, completion_prompt, how_many, parse_instructions
+from lamini_serve.data.prompts import (
+    Example,
+    chat_prompt,
+    completion_prompt,
+    how_many,
+    parse_instructions,
+)
 
 EX = [Example("Name three primary colours."), Example("Translate to French", "Good morning"), Example("What is 2+2?")]
 

@@ -51,6 +51,21 @@ def test_topics_file(tmp_path):
     assert load_topics(str(p)) == ["Jazz", "Chess", "Baking"]
     with pytest.raises(LaminiError, match="no such file"):
         load_topics(str(tmp_path / "missing.txt"))
+    (tmp_path / "latin1.txt").write_bytes("Caf\xe9\nJazz\nChess\n".encode("latin-1"))
+    with pytest.raises(LaminiError, match="not UTF-8"):
+        load_topics(str(tmp_path / "latin1.txt"))
+
+
+def test_seed_files_that_cannot_be_read_are_one_line(tmp_path):
+    (tmp_path / "s.json").write_text('[{"instruction": "a b c"},')
+    with pytest.raises(LaminiError, match="is not valid JSON"):
+        load_seeds(str(tmp_path / "s.json"))
+    (tmp_path / "l.json").write_text('["just a string"]')
+    with pytest.raises(LaminiError, match="list of objects"):
+        load_seeds(str(tmp_path / "l.json"))
+    (tmp_path / "s.csv").write_bytes("instruction\nCaf\xe9 au lait, please.\n".encode("latin-1"))
+    with pytest.raises(LaminiError, match="not UTF-8"):
+        load_seeds(str(tmp_path / "s.csv"))
 
 
 def test_store_is_idempotent_and_merges(tmp_path):
@@ -65,6 +80,19 @@ def test_store_is_idempotent_and_merges(tmp_path):
         assert added == {"calls": 1, "instructions": 2, "responses": 1}
         assert b.merge_from(tmp_path / "a.sqlite") == {"calls": 0, "instructions": 0, "responses": 0}
         assert {r["instruction"] for r in b.instructions()} == {"x one", "x two", "y one"}
+
+
+def test_a_unit_that_fails_half_way_leaves_nothing(tmp_path):
+    import sqlite3
+
+    with Store(tmp_path / "s.sqlite") as s:
+        # The call row and the first instruction go in before the second cannot be stored.
+        with pytest.raises(sqlite3.Error):
+            s.add_call("k1", "chat", "example_guided", "raw", ["x one", object()])
+        # Nothing of it stays: a rerun sees k1 as not done and makes it whole.
+        assert s.keys("calls") == set() and s.count("instructions") == 0
+        s.add_call("k1", "chat", "example_guided", "raw", ["x one", "x two"])
+        assert [r["instruction"] for r in s.instructions()] == ["x one", "x two"]
 
 
 def test_mattr():
