@@ -74,9 +74,17 @@ def finish(text: str, stops: Sequence[str], prompt_tokens: int, completion_token
     the token limit split it) is dropped, as the stream and vLLM drop it.
     """
     text, stopped = cut_at_stop(text, stops)
-    text = text.rstrip("\ufffd")
     reason = "stop" if (ended or stopped or completion_tokens < max_new_tokens) else "length"
-    return Completion(text.strip(), prompt_tokens, completion_tokens, reason)
+    return Completion(text[:visible_end(text)].lstrip(), prompt_tokens, completion_tokens, reason)
+
+
+def visible_end(text: str) -> int:
+    """Where the shown answer ends: before trailing whitespace and U+FFFD (bytes of a
+    character that never completed). Streams and `finish` cut at the same place."""
+    end = len(text)
+    while end and (text[end - 1].isspace() or text[end - 1] == "\ufffd"):
+        end -= 1
+    return end
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:
@@ -105,12 +113,12 @@ def visible_pieces(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]
                 continue
         cut, stopped = cut_at_stop(text, stops)
         safe = cut if stopped else text[:len(text) - held_back(text, stops)]
-        end = len(safe.rstrip())  # trailing whitespace waits: it may end the answer
+        end = visible_end(safe)  # trailing whitespace waits: it may end the answer
         if end > shown:
             yield text[shown:end]
             shown = end
         if stopped:
             return
-    end = len(text.rstrip())
+    end = visible_end(text)
     if started and end > shown:
         yield text[shown:end]

@@ -18,7 +18,9 @@ def engines(tiny_models):
 def test_stream_yields_pieces_that_join_to_the_greedy_answer(engines, kind):
     eng = engines[kind]
     params = SamplingParams(max_new_tokens=16)
-    msgs = conversation(PROMPTS[0])
+    # (the random t5 answers the first prompt with two characters, then bytes that never
+    # form a character: dropped at the end, so the answer is a single piece)
+    msgs = conversation(PROMPTS[2])
     pieces = list(eng.stream(msgs, params))
     assert len(pieces) > 1, "streaming should deliver text before generation ends"
     [whole] = eng.generate([msgs], params)
@@ -85,3 +87,11 @@ def test_visible_pieces_keep_first_letters_and_match_the_stripped_answer():
     stops = ("### Instruction:",)
     assert "".join(visible_pieces(iter(["Hello", " world\n", "\n###", " Instruction:", " more"]), stops)) == "Hello world"
     assert "".join(visible_pieces(iter(["  ", "\n"]), ())) == ""
+
+
+def test_bytes_that_never_form_a_character_are_dropped_at_the_end_only():
+    from lamini_serve.generation import finish, visible_pieces
+
+    done = finish("caf\ufffd ok \ufffd\ufffd \n", (), 3, 8, ended=False, max_new_tokens=8)
+    assert done.text == "caf\ufffd ok" and done.finish_reason == "length"
+    assert "".join(visible_pieces(iter(["caf", "\ufffd ok", " \ufffd", "\ufffd \n"]), ())) == done.text
