@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lamini_serve.errors import LaminiError
+from lamini_serve.tables import jsonl_rows, read_parquet
 
 BUILTIN = "builtin"
 
@@ -102,30 +103,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 def read_parquet_rows(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a Parquet file; a file that is not Parquet (or is cut short) is a one-line error."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path).to_pylist()
-    except (pa.ArrowException, OSError) as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise LaminiError(f"{path} is not a readable Parquet file ({why}); it may be cut short or be another "
-                          f"format: write it again, or pass a .jsonl/.csv file") from None
-
-
-def jsonl_rows(text: str, where: str) -> list[dict[str, Any]]:
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LaminiError(f"{where} line {n} is not valid JSON ({exc.msg}); fix or remove that line") from None
-        if not isinstance(row, dict):
-            raise LaminiError(f"{where} line {n} is not a JSON object")
-        rows.append(row)
-    return rows
+    return read_parquet(path, fix="write it again, or pass a .jsonl/.csv file")
 
 
 def _hub_rows(dataset_id: str, split: str) -> list[dict[str, Any]]:

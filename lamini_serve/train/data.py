@@ -13,7 +13,6 @@ cut at the teacher's limit, or at max_length).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from lamini_serve.errors import LaminiError
 from lamini_serve.generation import cut_at_limit
 from lamini_serve.models import Family, ModelSpec
 from lamini_serve.prompts import ALPACA_RESPONSE_PREFIX, PromptFormat
+from lamini_serve.tables import jsonl_rows, parquet_metadata, read_parquet, read_text
 
 IGNORE = -100
 
@@ -50,12 +50,7 @@ def dataset_file(dataset: str) -> Path | None:
     return None
 
 
-def _unreadable_parquet(p: Path, exc: Exception) -> LaminiError:
-    if isinstance(exc, PermissionError):
-        return LaminiError(f"cannot read {p} (permission denied); give this user read access to it")
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return LaminiError(f"{p} is not a readable Parquet file ({detail}); it may be truncated or another format: "
-                       f"make it again with `lamini data run`, or pass a .jsonl file")
+PARQUET_FIX = "make it again with `lamini data run`, or pass a .jsonl file"
 
 
 def _check_columns(dataset: str, columns: list[str]) -> None:
@@ -66,27 +61,7 @@ def _check_columns(dataset: str, columns: list[str]) -> None:
 
 
 def _jsonl_rows(p: Path, first_only: bool = False) -> list[dict[str, Any]]:
-    rows = []
-    try:
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise LaminiError(f"{p} line {n} is not valid JSON; fix or remove it") from None
-                if not isinstance(row, dict):
-                    raise LaminiError(f"{p} line {n} is not a JSON object; each line needs "
-                                      f'{{"instruction": ..., "response": ...}}')
-                rows.append(row)
-                if first_only:
-                    break
-    except UnicodeDecodeError:
-        raise LaminiError(f"{p} is not UTF-8 text; save it as UTF-8 JSON lines") from None
-    except OSError as exc:
-        raise LaminiError(f"cannot read {p} ({exc.strerror or exc}); check that it is a readable file") from None
-    return rows
+    return jsonl_rows(read_text(p), str(p), first_only=first_only)
 
 
 def check_dataset(dataset: str) -> str:
@@ -100,13 +75,7 @@ def check_dataset(dataset: str) -> str:
     if p is None:
         return f"{dataset} (a hub dataset; loaded when training starts)"
     if p.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            meta = pq.read_metadata(p)
-        except (pa.ArrowException, OSError) as exc:
-            raise _unreadable_parquet(p, exc) from None
+        meta = parquet_metadata(p, PARQUET_FIX)
         _check_columns(dataset, meta.schema.to_arrow_schema().names)
         if meta.num_rows == 0:
             raise LaminiError(f"{dataset}: the dataset is empty")
@@ -122,13 +91,7 @@ def load_pairs(dataset: str) -> list[dict[str, Any]]:
     """(instruction, response) rows from a Parquet/JSONL file, a `lamini data` run folder, or a hub dataset."""
     p = dataset_file(dataset)
     if p is not None and p.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(p).to_pylist()
-        except (pa.ArrowException, OSError) as exc:
-            raise _unreadable_parquet(p, exc) from None
+        rows = read_parquet(p, PARQUET_FIX)
     elif p is not None:
         rows = _jsonl_rows(p)
     else:
