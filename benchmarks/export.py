@@ -30,11 +30,11 @@ from _common import report  # noqa: E402
 def measure(model: str, prompts: int, repeats: int, workdir: Path) -> dict:
     from lamini_serve.export.exporter import export_model
     from lamini_serve.export.parity import parity_report
-    from lamini_serve.models import ModelSpec
+    from lamini_serve.teacher.embedded import resolve_model
 
     out = workdir / "export"
     manifest = export_model(model, out, report_prompts=0, log=lambda m: print(m, flush=True))
-    rep = parity_report(ModelSpec.resolve(model), out, variants=["", "fp32"], n_prompts=prompts, repeats=repeats,
+    rep = parity_report(resolve_model(model), out, variants=["", "fp32"], n_prompts=prompts, repeats=repeats,
                         log=lambda m: print(m, flush=True))
     speed = {(r["runtime"], r["batch"]): r["tokens_per_second"] for r in rep["speed"]}
     int8, fp32 = rep["variants"]["default"], rep["variants"]["fp32"]

@@ -44,9 +44,10 @@ def main() -> None:
     from lamini_serve.export.parity import tokens_per_second, agreement, references
     from lamini_serve.export.quantize import quantize_weights
     from lamini_serve.models import Family, ModelSpec
+    from lamini_serve.teacher.embedded import resolve_model
     from lamini_serve.ort_engine import OrtEngine
 
-    spec = ModelSpec.resolve(args.model)
+    spec = resolve_model(args.model)
     if spec.family is not Family.CAUSAL:
         sys.exit("export_options.py measures decoder-only models (optimum's ORTModelForCausalLM is one of the rows)")
     log = lambda m: print(m, flush=True)  # noqa: E731

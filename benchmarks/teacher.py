@@ -35,13 +35,13 @@ def main() -> None:
     import torch
 
     from lamini_serve.engine import TorchEngine
-    from lamini_serve.models import ModelSpec
+    from lamini_serve.teacher.embedded import resolve_model
     from lamini_serve.prompts import conversation
     from lamini_serve.teacher.embedded import teacher_dir
 
     teacher_dir(pull=True)  # pulling is not part of the load time
     t0 = time.perf_counter()
-    engine = TorchEngine(ModelSpec.resolve("embedded"), device=args.device, dtype="float32")
+    engine = TorchEngine(resolve_model("embedded"), device=args.device, dtype="float32")
     load_s = time.perf_counter() - t0
 
     def run(prompt: str) -> float:

@@ -50,14 +50,14 @@ def run_mode(args, mode: str, precision: str) -> dict:
 
     import torch
 
-    from lamini_serve.models import ModelSpec
+    from lamini_serve.teacher.embedded import resolve_model
     from lamini_serve.train.data import IGNORE, CausalCollator, encode_causal, load_pairs, pack
     from lamini_serve.train.loss import answer_only_loss
     from lamini_serve.train.students import student_from_teacher
 
     packing, answer_only = MODES[mode]
     torch.manual_seed(0)
-    tspec = ModelSpec.resolve("embedded")
+    tspec = resolve_model("embedded")
     tok = tspec.load_tokenizer()
     teacher = tspec.load_model(device="cpu", dtype="float32")
     model, _ = student_from_teacher(teacher, args.layers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -47,13 +48,11 @@ def clean_stale_tmp(parent: Path) -> list[Path]:
     if not parent.is_dir():
         return removed
     for p in parent.iterdir():
-        if not p.name.startswith(TMP_PREFIX):
+        m = _STAGING_RE.match(p.name)
+        if m is None:  # not a name lamini wrote (a user's own .tmp-something): never touch it
             continue
-        try:
-            pid = int(p.name[len(TMP_PREFIX):].split("-", 1)[0])
-        except ValueError:
-            pid = -1
-        if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+        pid = int(m.group(1))
+        if pid != os.getpid() and _pid_alive(pid):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
@@ -61,6 +60,10 @@ def clean_stale_tmp(parent: Path) -> list[Path]:
             p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+# what _staging_name writes: .tmp-<pid>-<8 hex>-<name>
+_STAGING_RE = re.compile(r"^" + re.escape(TMP_PREFIX) + r"(\d+)-[0-9a-f]{8}-.+$")
 
 
 def _staging_name(final: Path) -> Path:

@@ -118,3 +118,20 @@ def test_atomic_write_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(LaminiError, match="no space left on the device"):
         atomic_write_text(tmp_path / "run.json", "{}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_cleanup_touches_only_what_lamini_staged(tmp_path):
+    """A folder of the user's that merely starts with .tmp- is theirs: cleaning must not delete it."""
+    import os
+
+    from lamini_serve.paths import clean_stale_tmp
+
+    mine = tmp_path / ".tmp-myeditor-backup"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    dead = tmp_path / ".tmp-999999-0123abcd-dataset.parquet"  # a staging file of a process long gone
+    dead.write_text("half")
+    alive = tmp_path / f".tmp-{os.getppid()}-89abcdef-run.json"  # one a running process is writing
+    alive.write_text("busy")
+    assert clean_stale_tmp(tmp_path) == [dead]
+    assert (mine / "notes.txt").read_text() == "keep me" and alive.exists()

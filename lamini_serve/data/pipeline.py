@@ -208,13 +208,20 @@ class Counters(dict):
     def __init__(self) -> None:
         super().__init__()
         self.succeeded = 0  # replies this run that were usable (stored, or rejected by the filters)
+        self.replied = 0  # requests this run that the teacher answered at all, usable or not
         self.first_error: str | None = None
         self.errors: Counter[str] = Counter()
+        self.by_name: dict[str, Counters] = {}  # the same tally per counter, for a stage's own line
+        self.nested = False
 
     def bump(self, name: str, n: int = 1) -> None:
         self[name] = self.get(name, 0) + n
 
     def failed(self, name: str, message: str) -> None:
+        if not self.nested:
+            inner = self.by_name.setdefault(name, Counters())
+            inner.nested = True
+            inner.failed(name, message)
         self.bump(name)
         message = " ".join(message.split())
         self.first_error = self.first_error or message
@@ -231,7 +238,10 @@ class Counters(dict):
         common, times = self.errors.most_common(1)[0]
         return {"first": self.first_error, "most_common": common, "most_common_count": times}
 
-    def line(self) -> str:
+    def line(self, name: str | None = None) -> str:
+        """The first and most common message: of every failure, or of counter `name`'s alone."""
+        if name is not None:
+            return self.by_name[name].line() if name in self.by_name else ""
         r = self.report()
         if not r:
             return ""
@@ -268,6 +278,7 @@ def run_teacher_stage(teacher, todo: list[Request], on_ok, store: Store, stage: 
                 store.add_failure(res.key, stage, res.error or "failed")
                 counters.failed(f"{stage}_failed", res.error or "failed")
             else:
+                counters.replied += 1
                 why = on_ok(res)
                 repeated = why is not None and said.get(res.key) == why
                 if why is None:
@@ -415,7 +426,9 @@ def run_data(cfg: DataConfig, teacher, log=lambda m: print(m, file=sys.stderr, f
         summary = write_dataset(run_dir, store, pool, reasons, answers, cfg, counters)
         summary["style"] = style
     write_run_record(run_dir, cfg, teacher.id, summary, provenance)
-    if counters.n_failed and not counters.succeeded:
+    # Fatal only when the teacher answered nothing at all (400s, 500s, stalls): replies that
+    # were unusable are the teacher's content, and a seeded call repeats its reply on every rerun.
+    if counters.n_failed and not counters.replied:
         failed = ", ".join(f"{k} {v}" for k, v in counters.items())
         raise LaminiError(
             f"every request to the teacher failed this run ({failed}; the dataset has {summary['rows']} rows); "
@@ -430,7 +443,8 @@ def run_data(cfg: DataConfig, teacher, log=lambda m: print(m, file=sys.stderr, f
 def report_failures(log, stage: str, counters: Counters) -> None:
     n = counters.get(f"{stage}_failed", 0)
     if n:
-        log(f"{stage}: {n} failed, asked again when you run the same command again; {counters.line()}")
+        log(f"{stage}: {n} failed, asked again when you run the same command again; "
+            f"{counters.line(f'{stage}_failed')}")
 
 
 def screen(pool: list[dict[str, Any]], cfg: DataConfig) -> list[str | None]:

@@ -54,7 +54,7 @@ def store_error(path: str | Path, exc: sqlite3.Error, action: str = "open") -> L
 
     path = Path(path)
     folder = path.parent
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    code = sqlite_code(exc)
     if code == _SQLITE_FULL or (code == _SQLITE_IOERR and _free_bytes(folder) < _NEARLY_FULL):
         return disk_full_error(path, OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {exc}"))
     if code in (_SQLITE_READONLY, _SQLITE_PERM, _SQLITE_CANTOPEN, _SQLITE_IOERR) and not _writable(folder):
@@ -63,6 +63,21 @@ def store_error(path: str | Path, exc: sqlite3.Error, action: str = "open") -> L
         return damaged_store_error(path, str(exc))
     return LaminiError(f"could not {action} the store {path} ({exc}); check the disk and the folder's permissions, "
                        f"then run the same command again: the work already in the store is kept")
+
+
+# Python 3.10's sqlite3 errors carry no code: read it from SQLite's own message text.
+_MESSAGE_CODES = (("database or disk is full", "_SQLITE_FULL"), ("disk i/o error", "_SQLITE_IOERR"),
+                  ("readonly database", "_SQLITE_READONLY"), ("unable to open database", "_SQLITE_CANTOPEN"),
+                  ("file is not a database", "_SQLITE_NOTADB"), ("malformed", "_SQLITE_CORRUPT"))
+
+
+def sqlite_code(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code of an error (0 when it cannot be told)."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code:
+        return code
+    text = str(exc).lower()
+    return next((globals()[name] for words, name in _MESSAGE_CODES if words in text), 0)
 
 
 def damaged_store_error(path: Path, why: str) -> LaminiError:
@@ -250,7 +265,7 @@ class _Transaction:
     def _error(self, exc: sqlite3.OperationalError) -> Exception:
         # Only what the user can fix becomes a one-liner; anything else (a busy database,
         # a bug in a statement) keeps its traceback for a bug report.
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        code = sqlite_code(exc)
         return store_error(self.path, exc, "write to") if code in _USER_FIXABLE else exc
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
@@ -55,6 +56,11 @@ def train(recipe, students, resume, dataset, output, max_steps, launch, parallel
             click.echo(f"{s.name}: base={s.base or s.init} epochs={s.args.epochs} "
                        f"lr={s.args.learning_rate or 'family default'} batch={s.args.effective_batch_size}")
         return
+    from lamini_serve.paths import clean_stale_tmp
+
+    # a save killed half way (SIGKILL, power cut) left a staging copy of a whole model here
+    for stale in clean_stale_tmp(Path(r.output)):
+        click.echo(f"Removed {stale.name}, left by an interrupted run", err=True)
     if launch:
         cmd = launcher_command(launch) + ["-m", "lamini_serve"] + _argv_without(sys.argv[1:], "--launch")
         click.echo(f"Running: {' '.join(shlex.quote(c) for c in cmd)}", err=True)

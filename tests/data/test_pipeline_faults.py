@@ -156,3 +156,15 @@ def test_an_answer_the_filters_always_reject_is_rejected_once_and_not_asked_agai
     assert len(rejected) == looped and {r["reason"] for r in rejected} == {"answer rejected: repeats a phrase"}
     kept = {r[0] for r in _texts(tmp_path)}
     assert kept.isdisjoint(r["instruction"] for r in rejected) and kept <= {r[0] for r in clean}
+
+
+def test_a_rerun_whose_only_work_is_calls_that_stay_garbage_exits_cleanly(tmp_path):
+    """A seeded call repeats its garbage on every rerun: that is the teacher's content, not a
+    teacher that answers nothing, so a resumed run must not stop with "every request failed"."""
+    faults = FaultPlan({"garbage": 0.4}, roles=("generate",), sticky=True, faulty_attempts=10**6)
+    srv = FakeOpenAIServer(faults=faults)
+    with srv as url:
+        first = _run(url, tmp_path)
+        assert first["rows"] > 0
+        again = _run(url, tmp_path)  # only the garbage calls are left to ask: they fail again
+    assert again["rows"] == first["rows"]

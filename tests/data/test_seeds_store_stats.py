@@ -119,3 +119,15 @@ def test_describe_writes_report_and_plots(tmp_path):
     assert (tmp_path / "instructions_tsne.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "stats.json").read_text())["rows"] == 30
     assert s["truncated_responses"] == 3 and "3 responses (10%) stopped" in (tmp_path / "stats.md").read_text()
+
+
+def test_sqlite_errors_are_told_apart_without_error_codes():
+    """Python 3.10's sqlite3 exceptions carry no code: the message decides, so a full disk is still one."""
+    import sqlite3
+
+    from lamini_serve.data.store import sqlite_code
+
+    assert sqlite_code(sqlite3.OperationalError("database or disk is full")) == 13
+    assert sqlite_code(sqlite3.DatabaseError("file is not a database")) == 26
+    assert sqlite_code(sqlite3.DatabaseError("database disk image is malformed")) == 11
+    assert sqlite_code(sqlite3.OperationalError("no such column: x")) == 0
