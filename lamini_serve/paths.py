@@ -229,6 +229,10 @@ def folder_lock(folder: Path) -> Iterator[Path]:
             raise LaminiError(
                 f"{folder} is in use by another lamini command (pid {holder or 'unknown'}); "
                 f"wait for it to finish or stop it, then run this again") from None
+        except OSError as exc:  # no locks on this filesystem (some NFS mounts: ENOLCK)
+            os.close(fd)
+            raise LaminiError(f"cannot lock {path} ({exc.strerror or exc}); this filesystem does not support "
+                              f"file locks: use a folder on a local disk") from None
         # The holder before us unlinks the file on release: a lock taken on an unlinked
         # file guards nothing, so make sure the one we locked is still the one at `path`.
         try:

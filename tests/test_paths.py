@@ -135,3 +135,24 @@ def test_stale_cleanup_touches_only_what_lamini_staged(tmp_path):
     alive.write_text("busy")
     assert clean_stale_tmp(tmp_path) == [dead]
     assert (mine / "notes.txt").read_text() == "keep me" and alive.exists()
+
+
+def test_a_filesystem_without_locks_is_one_line_and_leaks_nothing(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+    import os
+
+    import pytest
+
+    from lamini_serve.errors import LaminiError
+    from lamini_serve.paths import folder_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(LaminiError, match="does not support file locks"):
+        with folder_lock(tmp_path / "out"):
+            pass
+    assert len(os.listdir("/proc/self/fd")) == before
