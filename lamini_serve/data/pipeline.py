@@ -198,56 +198,69 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
 
 
-class Counters(dict):
-    """Failures by name ("generate_failed", "respond_failed"), and the teacher's own messages:
-    the first one and how often each came (a bounded tally: a million distinct messages would
-    not fit, nor help)."""
+class ErrorTally:
+    """The teacher's own messages: the first, and how often each came (bounded: a million
+    distinct messages would not fit, nor help)."""
 
     MAX_MESSAGES = 1000
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: str | None = None
+        self.errors: Counter[str] = Counter()
+
+    def add(self, message: str) -> None:
+        message = " ".join(message.split())
+        self.count += 1
+        self.first = self.first or message
+        if message in self.errors or len(self.errors) < self.MAX_MESSAGES:
+            self.errors[message] += 1
+
+    def report(self) -> dict[str, Any]:
+        if not self.errors:
+            return {}
+        common, times = self.errors.most_common(1)[0]
+        return {"first": self.first, "most_common": common, "most_common_count": times}
+
+    def line(self) -> str:
+        r = self.report()
+        if not r:
+            return ""
+        same = r["first"] == r["most_common"]
+        return (f"first error: {r['first']}" + ("" if same else f"; most common: {r['most_common']}")
+                + f" ({r['most_common_count']} of {self.count})")
+
+
+class Counters(dict):
+    """Failures by name ("generate_failed", "respond_failed"), with the teacher's messages
+    tallied over all of them and per name (a stage's own line quotes its own errors)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.succeeded = 0  # replies this run that were usable (stored, or rejected by the filters)
         self.replied = 0  # requests this run that the teacher answered at all, usable or not
-        self.first_error: str | None = None
-        self.errors: Counter[str] = Counter()
-        self.by_name: dict[str, Counters] = {}  # the same tally per counter, for a stage's own line
-        self.nested = False
+        self.all = ErrorTally()
+        self.by_name: dict[str, ErrorTally] = {}
 
     def bump(self, name: str, n: int = 1) -> None:
         self[name] = self.get(name, 0) + n
 
     def failed(self, name: str, message: str) -> None:
-        if not self.nested:
-            inner = self.by_name.setdefault(name, Counters())
-            inner.nested = True
-            inner.failed(name, message)
         self.bump(name)
-        message = " ".join(message.split())
-        self.first_error = self.first_error or message
-        if message in self.errors or len(self.errors) < self.MAX_MESSAGES:
-            self.errors[message] += 1
+        self.all.add(message)
+        self.by_name.setdefault(name, ErrorTally()).add(message)
 
     @property
     def n_failed(self) -> int:
         return sum(self.values())
 
     def report(self) -> dict[str, Any]:
-        if not self.errors:
-            return {}
-        common, times = self.errors.most_common(1)[0]
-        return {"first": self.first_error, "most_common": common, "most_common_count": times}
+        return self.all.report()
 
     def line(self, name: str | None = None) -> str:
         """The first and most common message: of every failure, or of counter `name`'s alone."""
-        if name is not None:
-            return self.by_name[name].line() if name in self.by_name else ""
-        r = self.report()
-        if not r:
-            return ""
-        same = r["first"] == r["most_common"]
-        return (f"first error: {r['first']}" + ("" if same else f"; most common: {r['most_common']}")
-                + f" ({r['most_common_count']} of {self.n_failed})")
+        tally = self.all if name is None else self.by_name.get(name, ErrorTally())
+        return tally.line()
 
 
 def run_teacher_stage(teacher, todo: list[Request], on_ok, store: Store, stage: str, counters: Counters,
