@@ -92,6 +92,19 @@ def write_error(path: Path, exc: OSError) -> LaminiError | None:
     return None
 
 
+@contextlib.contextmanager
+def fixable_write_errors(path: Path) -> Iterator[None]:
+    """Inside: an OSError the user can fix (full disk, read-only folder) becomes its one-line
+    error about `path`; any other OSError goes on as it is."""
+    try:
+        yield
+    except OSError as exc:
+        err = write_error(path, exc)
+        if err is None:
+            raise
+        raise err from exc
+
+
 def _is_under(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
@@ -158,13 +171,8 @@ def atomic_file(final: Path) -> Iterator[Path]:
     pick a format from the suffix still do.
     """
     final = Path(final)
-    try:
+    with fixable_write_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        err = write_error(final, exc)
-        if err:
-            raise err from exc
-        raise
     tmp = _staging_name(final)
     try:
         yield tmp
@@ -245,14 +253,9 @@ def folder_lock(folder: Path) -> Iterator[Path]:
     else:
         raise LaminiError(f"could not lock {path}: it keeps being removed; is another program cleaning {folder}?")
     try:
-        try:
+        with fixable_write_errors(path):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        except OSError as exc:
-            err = write_error(path, exc)
-            if err:
-                raise err from exc
-            raise
         yield folder
     finally:
         with contextlib.suppress(OSError):

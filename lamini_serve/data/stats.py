@@ -168,17 +168,12 @@ def describe(dataset: str | Path, out_dir: str | Path | None = None, map_rows: i
     """Compute the statistics, write stats.json, stats.md and the PNGs into out_dir."""
     import random
 
-    from lamini_serve.paths import atomic_write_text, clean_stale_tmp, write_error
+    from lamini_serve.paths import atomic_write_text, clean_stale_tmp, fixable_write_errors
 
     rows = load_rows(dataset)
     out = Path(out_dir) if out_dir else (Path(dataset) if Path(dataset).is_dir() else Path(dataset).parent)
-    try:
+    with fixable_write_errors(out):
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        err = write_error(out, exc)
-        if err:
-            raise err from None
-        raise
     clean_stale_tmp(out)  # plots and reports a killed run was writing
     stats = compute_stats(rows)
     if plots and len(rows) >= 5:

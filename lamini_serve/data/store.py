@@ -66,9 +66,9 @@ def store_error(path: str | Path, exc: sqlite3.Error, action: str = "open") -> L
 
 
 # Python 3.10's sqlite3 errors carry no code: read it from SQLite's own message text.
-_MESSAGE_CODES = (("database or disk is full", "_SQLITE_FULL"), ("disk i/o error", "_SQLITE_IOERR"),
-                  ("readonly database", "_SQLITE_READONLY"), ("unable to open database", "_SQLITE_CANTOPEN"),
-                  ("file is not a database", "_SQLITE_NOTADB"), ("malformed", "_SQLITE_CORRUPT"))
+_MESSAGE_CODES = (("database or disk is full", _SQLITE_FULL), ("disk i/o error", _SQLITE_IOERR),
+                  ("readonly database", _SQLITE_READONLY), ("unable to open database", _SQLITE_CANTOPEN),
+                  ("file is not a database", _SQLITE_NOTADB), ("malformed", _SQLITE_CORRUPT))
 
 
 def sqlite_code(exc: sqlite3.Error) -> int:
@@ -77,7 +77,7 @@ def sqlite_code(exc: sqlite3.Error) -> int:
     if code:
         return code
     text = str(exc).lower()
-    return next((globals()[name] for words, name in _MESSAGE_CODES if words in text), 0)
+    return next((known for words, known in _MESSAGE_CODES if words in text), 0)
 
 
 def damaged_store_error(path: Path, why: str) -> LaminiError:
@@ -105,16 +105,11 @@ def _writable(folder: Path) -> bool:
 
 class Store:
     def __init__(self, path: str | Path):
-        from lamini_serve.paths import write_error
+        from lamini_serve.paths import fixable_write_errors
 
         self.path = Path(path)
-        try:
+        with fixable_write_errors(self.path.parent):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            err = write_error(self.path.parent, exc)
-            if err:
-                raise err from None
-            raise
         self.db = None
         try:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
