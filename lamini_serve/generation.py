@@ -28,6 +28,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per time a token was generated
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # always produce max_new_tokens (benchmarks)
@@ -43,6 +45,9 @@ class SamplingParams:
             raise LaminiError(f"top_k must be >= 0, got {self.top_k}")
         if self.repetition_penalty <= 0:
             raise LaminiError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise LaminiError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         self.stop = tuple(self.stop)
 
 
@@ -98,27 +103,60 @@ def held_back(text: str, stops: Sequence[str]) -> int:
     return keep
 
 
+class TextGate:
+    """Decides, piece by piece, which generated text is safe to show: the one stop-string
+    and whitespace rule behind every stream (`lamini chat`, `lamini serve`) and `finish`.
+
+    Text that may begin a stop string is held back until it is clear; the text ends at
+    the first stop string (`stopped` turns True). With `strip` (answers shown to a
+    person) leading whitespace is dropped and trailing whitespace and U+FFFD wait: they
+    may end the answer, which `finish` strips. The pieces `feed` and `close` return
+    join to exactly the finished answer.
+    """
+
+    def __init__(self, stops: Sequence[str] = (), strip: bool = True):
+        self.stops, self.strip = tuple(s for s in stops if s), strip
+        self.text, self.shown, self.started, self.stopped = "", 0, not strip, False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += piece
+        if not self.started:  # answers often open with the format's newline: skip it
+            stripped = self.text.lstrip()
+            self.shown = len(self.text) - len(stripped)
+            self.started = bool(stripped)
+            if not self.started:
+                return ""
+        cut, self.stopped = cut_at_stop(self.text, self.stops)
+        safe = cut if self.stopped else self.text[:len(self.text) - held_back(self.text, self.stops)]
+        end = visible_end(safe) if self.strip else len(safe)
+        return self._show(end)
+
+    def close(self) -> str:
+        """What is left to show when the model stops (held-back text that turned out safe)."""
+        if self.stopped or not self.started:
+            return ""
+        self.stopped = True
+        return self._show(visible_end(self.text) if self.strip else len(self.text))
+
+    def _show(self, end: int) -> str:
+        if end <= self.shown:
+            return ""
+        piece, self.shown = self.text[self.shown:end], end
+        return piece
+
+
 def visible_pieces(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
-    """Turn raw decoded pieces into what a user should see, so that the pieces join to
-    `generate`'s answer: leading and trailing whitespace dropped, text cut at the first
-    stop string, and text that may begin a stop string held back until it is clear."""
-    text, shown, started = "", 0, False
+    """Turn raw decoded pieces into what a user should see (see `TextGate`), so that the
+    pieces join to `generate`'s answer."""
+    gate = TextGate(stops)
     for piece in pieces:
-        text += piece
-        if not started:  # answers often open with the format's newline: skip it
-            stripped = text.lstrip()
-            shown = len(text) - len(stripped)
-            started = bool(stripped)
-            if not started:
-                continue
-        cut, stopped = cut_at_stop(text, stops)
-        safe = cut if stopped else text[:len(text) - held_back(text, stops)]
-        end = visible_end(safe)  # trailing whitespace waits: it may end the answer
-        if end > shown:
-            yield text[shown:end]
-            shown = end
-        if stopped:
+        shown = gate.feed(piece)
+        if shown:
+            yield shown
+        if gate.stopped:
             return
-    end = visible_end(text)
-    if started and end > shown:
-        yield text[shown:end]
+    rest = gate.close()
+    if rest:
+        yield rest

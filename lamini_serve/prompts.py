@@ -70,16 +70,20 @@ def conversation(
 
 
 def check_messages(messages: Iterable[Any]) -> list[Message]:
-    """Validate an OpenAI-style message list: known roles, string contents, ends with the user."""
+    """Validate an OpenAI-style message list: known roles, text contents, ends with the user.
+
+    As the OpenAI API allows, content may be a list of parts (`{"type": "text", "text":
+    ...}`, joined with newlines, as vLLM joins them) and the `developer` role is the
+    system role of newer models.
+    """
     out: list[Message] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise LaminiError(f"message {i} must be an object with 'role' and 'content'")
-        role, content = m["role"], m["content"]
+        role, content = m["role"], _text_of(m["content"], i)
+        role = "system" if role == "developer" else role
         if role not in ROLES:
-            raise LaminiError(f"message {i} has role {role!r}; use one of: {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise LaminiError(f"message {i} content must be a string")
+            raise LaminiError(f"message {i} has role {role!r}; use one of: {', '.join(ROLES)}, developer")
         if role == "system" and i != 0:
             raise LaminiError(f"message {i}: a system message may only come first")
         out.append({"role": role, "content": content})
@@ -87,6 +91,21 @@ def check_messages(messages: Iterable[Any]) -> list[Message]:
     if not turns or turns[-1]["role"] != "user":
         raise LaminiError("the conversation must end with a user message")
     return out
+
+
+def _text_of(content: Any, i: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise LaminiError(f"message {i} has a content part of type {kind!r}; these models read text parts only "
+                                  "({\"type\": \"text\", \"text\": ...})")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise LaminiError(f"message {i} content must be a string or a list of text parts")
 
 
 def _turns(messages: Sequence[Message]) -> list[Message]:
