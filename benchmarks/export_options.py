@@ -38,14 +38,14 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from lamini_serve.engine import SamplingParams, TorchEngine
+    from lamini_serve.engines.torch_engine import SamplingParams, TorchEngine
     from lamini_serve.export.exporter import ExportOptions, quantize_dynamic, export_model
     from lamini_serve.export.isa import resolve_isa
     from lamini_serve.export.parity import tokens_per_second, agreement, references
     from lamini_serve.export.quantize import quantize_weights
     from lamini_serve.models import Family, ModelSpec
     from lamini_serve.teacher.embedded import resolve_model
-    from lamini_serve.ort_engine import OrtEngine
+    from lamini_serve.engines.ort_engine import OrtEngine
 
     spec = resolve_model(args.model)
     if spec.family is not Family.CAUSAL:

@@ -34,7 +34,7 @@ def main() -> None:
 
     import torch
 
-    from lamini_serve.engine import TorchEngine
+    from lamini_serve.engines.torch_engine import TorchEngine
     from lamini_serve.teacher.embedded import resolve_model
     from lamini_serve.prompts import conversation
     from lamini_serve.teacher.embedded import teacher_dir

@@ -2,7 +2,7 @@ from click.testing import CliRunner
 
 from lamini_serve.chat import run_session
 from lamini_serve.cli import cli
-from lamini_serve.engine import TorchEngine
+from lamini_serve.engines.torch_engine import TorchEngine
 from lamini_serve.generation import SamplingParams
 from lamini_serve.prompts import conversation
 

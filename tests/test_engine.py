@@ -1,6 +1,6 @@
 import pytest
 
-from lamini_serve.engine import TorchEngine
+from lamini_serve.engines.torch_engine import TorchEngine
 from lamini_serve.errors import LaminiError
 from lamini_serve.generation import SamplingParams, cut_at_stop, held_back
 from lamini_serve.prompts import conversation

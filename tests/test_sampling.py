@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from lamini_serve.engine import TorchEngine
+from lamini_serve.engines.torch_engine import TorchEngine
 from lamini_serve.generation import SamplingParams
 from lamini_serve.models import ModelSpec
 from lamini_serve.prompts import conversation
@@ -23,7 +23,7 @@ PROMPT = "Give three tips for staying healthy."
 @pytest.fixture(scope="module")
 def engines(tiny_models, tmp_path_factory):
     from lamini_serve.export.exporter import ExportOptions, export_model
-    from lamini_serve.ort_engine import OrtEngine
+    from lamini_serve.engines.ort_engine import OrtEngine
 
     out = tmp_path_factory.mktemp("sampling") / "llama-fp32"
     export_model(str(tiny_models["llama"]), out, ExportOptions(quantize="none"), report_prompts=0)

@@ -15,9 +15,9 @@ from lamini_serve.models import ModelSpec
 def load_engine(spec: ModelSpec, device: str = "auto", dtype: str = "auto", **ort_options: Any):
     """The engine that runs `spec`: OrtEngine for an ONNX export, TorchEngine otherwise."""
     if spec.runtime == "onnx":
-        from lamini_serve.ort_engine import OrtEngine
+        from lamini_serve.engines.ort_engine import OrtEngine
 
         return OrtEngine(spec, **ort_options)
-    from lamini_serve.engine import TorchEngine
+    from lamini_serve.engines.torch_engine import TorchEngine
 
     return TorchEngine(spec, device=device, dtype=dtype)

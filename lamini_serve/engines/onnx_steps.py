@@ -6,8 +6,8 @@
     steps.keep([1])                        # row 0 finished: drop it and its caches
     steps.add([[9, 9]])                    # joins while row 1 is still decoding
 
-It reuses `OrtEngine`'s sessions and its decode helpers (`_CausalRun`,
-`_Seq2SeqRun`), which run one fixed batch from start to end; this module adds
+It reuses `OrtEngine`'s sessions and its decode helpers (`CausalRun`,
+`Seq2SeqRun`), which run one fixed batch from start to end; this module adds
 what a server needs on top: rows that join a running batch and rows that leave it.
 Past key/values are always numpy arrays here (io_binding off, whatever the engine
 says): merging and index-selecting caches is numpy work, and `OrtEngine` binds its
@@ -73,7 +73,7 @@ def _left_pad(x: np.ndarray, width: int, axis: int) -> np.ndarray:
 
 class _Cohort:
     """Rows of an encoder-decoder model that were added together (and so decode in step):
-    one `_Seq2SeqRun` whose tensors `keep` index-selects."""
+    one `Seq2SeqRun` whose tensors `keep` index-selects."""
 
     def __init__(self, run):
         self.run = run
@@ -97,11 +97,11 @@ class OnnxSteps:
     joins_running_batch = True
 
     def __init__(self, engine):
-        from lamini_serve.ort_engine import _CausalRun, _Seq2SeqRun
+        from lamini_serve.engines.ort_engine import CausalRun, Seq2SeqRun
 
         self.engine = engine
         self.family = engine.spec.family
-        self._run_class = _Seq2SeqRun if self.family is Family.SEQ2SEQ else _CausalRun
+        self._run_class = Seq2SeqRun if self.family is Family.SEQ2SEQ else CausalRun
         cfg_path = engine.folder / "config.json"
         config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
         self.context_length = context_length_from_config(config, engine.tokenizer, self.family)

@@ -25,7 +25,7 @@ import os
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 import numpy as np
 

@@ -93,8 +93,8 @@ def parity_report(
     log: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
     """The report as a dict (see the module docstring); `folder` holds the export."""
-    from lamini_serve.engine import TorchEngine
-    from lamini_serve.ort_engine import OrtEngine
+    from lamini_serve.engines.torch_engine import TorchEngine
+    from lamini_serve.engines.ort_engine import OrtEngine
 
     export_spec = ModelSpec.resolve(folder)
     model = spec.load_model(device="cpu", dtype="float32")

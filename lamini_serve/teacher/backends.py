@@ -48,7 +48,7 @@ class InProcessTeacher:
     @property
     def engine(self):
         if self._engine is None:
-            from lamini_serve.engine import TorchEngine
+            from lamini_serve.engines.torch_engine import TorchEngine
 
             self._engine = TorchEngine(self.spec, device=self.device, dtype=self.dtype)
         return self._engine

@@ -10,12 +10,12 @@ from click.testing import CliRunner
 
 from lamini_serve.checkpoint import onnx_file
 from lamini_serve.cli import cli
-from lamini_serve.engine import SamplingParams, TorchEngine
+from lamini_serve.engines.torch_engine import SamplingParams, TorchEngine
 from lamini_serve.errors import LaminiError
 from lamini_serve.export.exporter import ExportOptions, checkpoint_sha256, export_model
 from lamini_serve.export.isa import resolve_isa, supported_isas
 from lamini_serve.models import ModelSpec
-from lamini_serve.ort_engine import OrtEngine
+from lamini_serve.engines.ort_engine import OrtEngine
 
 PROMPTS = ["Give three tips for staying healthy.", "hi", "Write a haiku about the sea and the salt in the wind at dusk."]
 KINDS = ("llama", "gpt2", "t5")

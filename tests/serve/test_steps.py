@@ -35,14 +35,14 @@ def exports(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ort(exports):
-    from lamini_serve.ort_engine import OrtEngine
+    from lamini_serve.engines.ort_engine import OrtEngine
 
     return {kind: OrtEngine(ModelSpec.resolve(exports[kind]), io_binding=False) for kind in KINDS}
 
 
 @pytest.fixture(scope="module")
 def torch_engines(tiny_models):
-    from lamini_serve.engine import TorchEngine
+    from lamini_serve.engines.torch_engine import TorchEngine
 
     return {kind: TorchEngine(ModelSpec.resolve(tiny_models[kind]), device="cpu", dtype="float32") for kind in KINDS}
 

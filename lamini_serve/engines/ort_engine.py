@@ -145,9 +145,9 @@ class OrtEngine:
         `prompt`, in one pass (float32 [len(continuation), vocab])."""
         prompt, continuation = list(prompt), list(continuation)
         if self.spec.family is Family.SEQ2SEQ:
-            run = _Seq2SeqRun(self, [prompt])
+            run = Seq2SeqRun(self, [prompt])
             return run.first([[self.decoder_start] + continuation[:-1]], all_positions=True)[0]
-        run = _CausalRun(self, [prompt + continuation[:-1]])
+        run = CausalRun(self, [prompt + continuation[:-1]])
         return run.first(all_positions=True)[0, len(prompt) - 1:]
 
     def stream(self, messages: Sequence[Message], params: SamplingParams | None = None) -> Iterator[str]:
@@ -195,7 +195,7 @@ class OrtEngine:
         seen = [set(p) for p in prompts] if params.repetition_penalty != 1.0 else None
         done = np.zeros(n, dtype=bool)
         produced: list[list[int]] = [[] for _ in range(n)]
-        runner = (_Seq2SeqRun if self.spec.family is Family.SEQ2SEQ else _CausalRun)(self, prompts)
+        runner = (Seq2SeqRun if self.spec.family is Family.SEQ2SEQ else CausalRun)(self, prompts)
         logits = runner.first()
         for _ in range(params.max_new_tokens):
             if params.ignore_eos:
@@ -271,7 +271,7 @@ def _pick(logits, params: SamplingParams, rng, seen) -> "Any":
     return np.minimum((cum < u).sum(-1), probs.shape[1] - 1)
 
 
-class _Run:
+class DecodeRun:
     """State of one batched decode over a graph with past key/values."""
 
     def __init__(self, engine: OrtEngine, graph: _Graph):
@@ -314,7 +314,7 @@ class _Run:
         return pick(outs["logits"].numpy()), {p: outs[g.present_of(p)] for p in g.past}
 
 
-class _CausalRun(_Run):
+class CausalRun(DecodeRun):
     def __init__(self, engine: OrtEngine, prompts: list[list[int]]):
         import numpy as np
 
@@ -350,7 +350,7 @@ class _CausalRun(_Run):
         return logits
 
 
-class _Seq2SeqRun(_Run):
+class Seq2SeqRun(DecodeRun):
     def __init__(self, engine: OrtEngine, prompts: list[list[int]]):
         import numpy as np
 
