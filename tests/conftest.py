@@ -75,11 +75,20 @@ def teacher_home(teacher_path, monkeypatch):
 def tf5_python():
     """A Python with transformers 5.19 (vLLM's stack), made once in the real cache.
 
-    Set LAMINI_TF5_PYTHON to use an existing one.
+    Set LAMINI_TF5_PYTHON to use an existing one. Otherwise the vLLM environment
+    (`lamini setup vllm`, transformers 5.19) serves when there is one.
     """
     given = os.environ.get("LAMINI_TF5_PYTHON")
     if given:
         return given
+    from lamini_serve.engines.setup import vllm_python
+
+    try:
+        found = vllm_python(REAL_HOME)
+    except Exception:  # a LAMINI_VLLM_PYTHON that points nowhere: build our own below
+        found = None
+    if found:
+        return found
     env = REAL_HOME / "test-envs" / "transformers-5.19"
     py = env / "bin" / "python"
     stamp = env / ".complete"

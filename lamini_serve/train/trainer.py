@@ -81,7 +81,7 @@ class _JsonlLogger:
 
 def answers(model, tok, spec, instructions: list[str], max_new_tokens: int = 64) -> list[str]:
     """Greedy answers of an in-memory model (for the before/after comparison)."""
-    from lamini_serve.engine import TorchEngine
+    from lamini_serve.engines.torch_engine import TorchEngine
     from lamini_serve.generation import SamplingParams
 
     eng = TorchEngine.from_loaded(spec, model.eval(), tok)
@@ -253,6 +253,12 @@ def _save(trainer, tok, spec, student, recipe, summary, before, compare_set, met
     with atomic_dir(final, overwrite=True) as staging:
         trainer.model.save_pretrained(staging, safe_serialization=True)
         tok.padding_side = "right"
+        if spec.family is Family.CAUSAL:
+            # vLLM's chat endpoint prompts through the tokenizer's chat template: an alpaca/raw
+            # student gets one that renders its own format (not a ChatML one from its base).
+            from lamini_serve.chat_templates import apply_to_tokenizer
+
+            apply_to_tokenizer(tok, spec.prompt_format)
         tok.save_pretrained(staging)
         write_metadata(staging, spec.family, spec.prompt_format, role="student", student=student.name,
                        base=summary["base"], training=summary,
