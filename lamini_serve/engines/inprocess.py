@@ -42,18 +42,18 @@ class InProcessEngine:
 
     @classmethod
     def load(cls, name: str, spec: ModelSpec, kind: str, budget: ThreadBudget | None = None,
-             max_batch: int = 32, max_waiting: int = 256, device: str = "cpu", dtype: str = "auto",
+             max_batch: int = 32, max_waiting: int = 256, device: str = "auto", dtype: str = "auto",
              **ort_options: Any) -> "InProcessEngine":
         """Load `spec` on the onnx or torch engine (blocking: model files are read now)."""
         budget = budget or ThreadBudget()
         if kind == "onnx":
             from lamini_serve.engines.onnx_steps import OnnxSteps
-            from lamini_serve.ort_engine import OrtEngine
+            from lamini_serve.engines.ort_engine import OrtEngine
 
             ort = OrtEngine(spec, threads=budget.threads, io_binding=False, **ort_options)
             steps, tokenizer, eos = OnnxSteps(ort), ort.tokenizer, ort.eos_ids
         elif kind == "torch":
-            from lamini_serve.engine import TorchEngine
+            from lamini_serve.engines.torch_engine import TorchEngine
             from lamini_serve.engines.torch_steps import TorchSteps
 
             budget.use_torch()
