@@ -20,7 +20,9 @@ class LaminiGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LaminiError as exc:
-            raise click.ClickException(str(exc)) from None
+            err = click.ClickException(str(exc))
+            err.exit_code = getattr(exc, "exit_code", 1)  # 2 for bad command-line input, as click's own
+            raise err from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted.", err=True)
             sys.exit(130)
@@ -40,7 +42,9 @@ def cli() -> None:
 def _register() -> None:
     from lamini_serve.chat import chat
     from lamini_serve.data.cli import data
+    from lamini_serve.engines.setup import setup
     from lamini_serve.export.cli import export
+    from lamini_serve.serve.cli import serve
     from lamini_serve.teacher.cli import teacher
     from lamini_serve.train.cli import train
 
@@ -49,6 +53,8 @@ def _register() -> None:
     cli.add_command(data)
     cli.add_command(train)
     cli.add_command(export)
+    cli.add_command(serve)
+    cli.add_command(setup)
 
 
 _register()
