@@ -8,8 +8,11 @@ streamed chat requests of exactly `--tokens` new tokens (`ignore_eos`), `concurr
 at a time (as many requests as the concurrency, at least 8), from an async client in
 this process:
 
-  (a) vllm        vLLM's own OpenAI server, called directly (the reference)
-  (b) gateway     the same vLLM, managed by and called through `lamini serve`
+  (a) vllm        vLLM's own OpenAI server, called directly (the reference), at each
+                  of --vllm-dtypes (float32, bfloat16); the fastest is (a) and (b)'s dtype
+  (b) gateway     the same vLLM server called through `lamini serve`, which relays to it
+                  (NAME=URL; a vLLM that lamini starts is relayed by the same code), in
+                  rounds alternating with (a)
   (c) onnx-int8   `lamini serve` on the teacher's int8 export (continuous batching)
   (d) torch       `lamini serve` on the torch engine (requests batched)
   (e) torch-1     the torch engine one request at a time (--max-batch 1)
@@ -66,7 +69,7 @@ def start_lamini(args: list[str], log_path: Path, env: dict | None = None, timeo
             raise SystemExit(f"lamini serve exited early; see {log_path}")
         m = re.search(r"listening on (http://\S+)", line)
         if m:
-            return proc, m.group(1).rstrip("/")
+            return proc, m.group(1).rstrip("/").removesuffix("/v1")
     raise SystemExit(f"lamini serve did not start in {timeout} s; see {log_path}")
 
 
@@ -145,6 +148,12 @@ async def load(url: str, model: str, concurrency: int, requests: int, tokens: in
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
+    return summarize(concurrency, results, wall)
+
+
+def summarize(concurrency: int, results: list[dict], wall: float) -> dict:
+    """Throughput and latency percentiles of a round (or of rounds pooled: their results and summed walls)."""
+    requests = len(results)
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
 
@@ -157,7 +166,13 @@ async def load(url: str, model: str, concurrency: int, requests: int, tokens: in
         "tok_per_s": sum(r["tokens"] for r in ok) / wall if wall else 0.0,
         "ttft_p50_ms": 1000 * pct([r["ttft"] for r in ok], 50), "ttft_p95_ms": 1000 * pct([r["ttft"] for r in ok], 95),
         "latency_p50_s": pct([r["latency"] for r in ok], 50), "latency_p95_s": pct([r["latency"] for r in ok], 95),
+        "samples": results,
     }
+
+
+def pooled(rounds: list[dict]) -> dict:
+    return summarize(rounds[0]["concurrency"], [x for r in rounds for x in r["samples"]],
+                     sum(r["wall_s"] for r in rounds))
 
 
 # ---- the benchmark --------------------------------------------------------------------
@@ -171,7 +186,7 @@ def teacher_export(work: Path) -> Path:
     return out
 
 
-def vllm_direct(work: Path):
+def vllm_direct(work: Path, dtype: str):
     """vLLM's own server on the teacher, started the way `lamini serve` starts it."""
     from lamini_serve.engines.setup import vllm_python
     from lamini_serve.engines.vllm import VllmEngine
@@ -180,32 +195,60 @@ def vllm_direct(work: Path):
     python = vllm_python()
     if not python:
         raise SystemExit("no vLLM environment: run `lamini setup vllm` first (or --only c,d,e)")
-    engine = VllmEngine("teacher", resolve_model("embedded"), python, log_dir=work)
-    return engine
+    return VllmEngine("teacher", resolve_model("embedded"), python, log_dir=work / dtype, dtype=dtype)
+
+
+VLLM_DTYPES = ("float32", "bfloat16")
+
+
+def vllm_pair(concurrencies: list[int], tokens: int, work: Path, dtype: str, rounds: int,
+              with_gateway: bool) -> tuple[list[dict], list[dict]]:
+    """(a) and (b) on one vLLM server: (a) calls it directly, (b) through `lamini serve`
+    relaying to it (`teacher=URL#teacher`, the path every vLLM model takes through the
+    gateway), in alternating rounds, so that only the gateway differs."""
+    engine = vllm_direct(work, dtype)
+    direct: list[dict] = []
+    gated: list[dict] = []
+
+    async def go():
+        await engine.start()
+        try:
+            while engine.state != "ready":
+                if engine.state == "failed":
+                    raise SystemExit(f"vLLM failed to start; see {work}")
+                await asyncio.sleep(1)
+            proc = url = None
+            if with_gateway:
+                proc, url = await asyncio.to_thread(
+                    start_lamini, [f"teacher={engine.url}/v1#teacher"], work / f"serve-b-{dtype}.log",
+                    {"LAMINI_UPSTREAM_API_KEY": engine.api_key})
+                await wait_healthy(url)
+            try:
+                for c in concurrencies:
+                    a_rounds, b_rounds = [], []
+                    for _ in range(rounds):
+                        a_rounds.append(await load(engine.url + "/v1", "teacher", c, max(c, 8), tokens, engine.api_key))
+                        if with_gateway:
+                            b_rounds.append(await load(url + "/v1", "teacher", c, max(c, 8), tokens))
+                    direct.append({**pooled(a_rounds), "dtype": dtype})
+                    line = f"  vllm {dtype} c={c}: (a) {direct[-1]['tok_per_s']:.1f} tok/s"
+                    if with_gateway:
+                        gated.append({**pooled(b_rounds), "dtype": dtype})
+                        line += f", (b) {gated[-1]['tok_per_s']:.1f} tok/s"
+                    print(line, flush=True)
+            finally:
+                if proc is not None:
+                    stop(proc)
+        finally:
+            await engine.aclose()
+
+    asyncio.run(go())
+    return direct, gated
 
 
 def run_config(key: str, concurrencies: list[int], tokens: int, work: Path) -> list[dict]:
     rows = []
-    if key == "a":
-        engine = vllm_direct(work)
-
-        async def go():
-            await engine.start()
-            try:
-                while engine.state != "ready":
-                    if engine.state == "failed":
-                        raise SystemExit(f"vLLM failed to start; see {work}")
-                    await asyncio.sleep(1)
-                for c in concurrencies:
-                    rows.append(await load(engine.url + "/v1", "teacher", c, max(c, 8), tokens, engine.api_key))
-                    print(f"  (a) vllm c={c}: {rows[-1]['tok_per_s']:.1f} tok/s", flush=True)
-            finally:
-                await engine.aclose()
-
-        asyncio.run(go())
-        return rows
     args = {
-        "b": ["teacher=embedded", "--engine", "teacher=vllm"],
         "c": [f"teacher={teacher_export(work)}", "--engine", "teacher=onnx"],
         "d": ["teacher=embedded", "--engine", "teacher=torch"],
         "e": ["teacher=embedded", "--engine", "teacher=torch", "--max-batch", "1"],
@@ -214,8 +257,6 @@ def run_config(key: str, concurrencies: list[int], tokens: int, work: Path) -> l
     try:
         asyncio.run(wait_healthy(url))
         for c in concurrencies:
-            if key == "e" and c not in (1, 32):
-                continue  # one at a time is slow; the target compares it at 32
             rows.append(asyncio.run(load(url + "/v1", "teacher", c, max(c, 8), tokens)))
             print(f"  ({key}) {CONFIGS[key]} c={c}: {rows[-1]['tok_per_s']:.1f} tok/s", flush=True)
     finally:
@@ -301,6 +342,7 @@ def load_test(requests: int, concurrency: int, tokens: int, out: str | None) -> 
                     memory.append((n, rss_mib(proc.pid)))
 
             res = asyncio.run(load(url + "/v1", "tiny", concurrency, requests, tokens, on_done=on_done))
+            res.pop("samples")
         finally:
             stop(proc)
     growth = memory[-1][1] - memory[1][1] if len(memory) > 2 else float("nan")
@@ -320,17 +362,44 @@ def main() -> None:
     ap.add_argument("--only", default="a,b,c,d,e", help="which configurations (letters)")
     ap.add_argument("--load", action="store_true", help="the load test instead (500 requests at 64)")
     ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--vllm-dtypes", default=",".join(VLLM_DTYPES),
+                    help="(a) runs vLLM at each; the fastest is the reference and what (b) uses")
+    ap.add_argument("--rounds", type=int, default=2, help="(a)/(b): alternating rounds per concurrency, pooled")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.load:
         return load_test(args.requests, concurrencies[-1], args.tokens, args.out)
     results: dict[str, list[dict]] = {}
+    by_dtype: dict[str, list[dict]] = {}
+    dtype = "float32"
     with tempfile.TemporaryDirectory() as tmp:
-        for key in args.only.split(","):
+        keys = args.only.split(",")
+        if "a" in keys or "b" in keys:
+            # vLLM at each dtype it runs on this CPU: the fastest is the reference (a), and (b) is measured on it
+            gated: dict[str, list[dict]] = {}
+            for d in args.vllm_dtypes.split(","):
+                print(f"(a)/(b) vllm --dtype {d} ...", flush=True)
+                by_dtype[d], gated[d] = vllm_pair(concurrencies, args.tokens, Path(tmp), d, args.rounds, "b" in keys)
+            dtype = max(by_dtype, key=lambda d: sum(r["tok_per_s"] for r in by_dtype[d]))
+            results["a"] = by_dtype[dtype]
+            if "b" in keys:
+                results["b"] = gated[dtype]
+        for key in keys:
+            if key in ("a", "b"):
+                continue
             print(f"({key}) {CONFIGS[key]} ...", flush=True)
             results[key] = run_config(key, concurrencies, args.tokens, Path(tmp))
     rows = []
+    for rs in results.values():
+        for r in rs:
+            r.pop("samples", None)
+    for rs in by_dtype.values():
+        for r in rs:
+            r.pop("samples", None)
+    for d, rs in by_dtype.items():
+        rows.append((f"    vllm --dtype {d}", "  ".join(f"c={r['concurrency']}: {r['tok_per_s']:.1f}" for r in rs)
+                     + (" tok/s  <- (a), (b)" if d == dtype else " tok/s")))
     for key, rs in results.items():
         for r in rs:
             rows.append((f"({key}) {CONFIGS[key]:<9} c={r['concurrency']:<3}",
@@ -342,7 +411,8 @@ def main() -> None:
     png.parent.mkdir(parents=True, exist_ok=True)
     plot(results, png)
     report("serve", "lamini serve vs vLLM (embedded teacher)", rows,
-           {"tokens": args.tokens, "results": results, "targets": dict(checks), "plot": str(png)}, args.out)
+           {"tokens": args.tokens, "vllm_dtype": dtype, "vllm_by_dtype": by_dtype, "results": results,
+            "targets": dict(checks), "plot": str(png)}, args.out)
 
 
 if __name__ == "__main__":

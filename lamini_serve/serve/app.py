@@ -170,6 +170,11 @@ class EventStream(StreamingResponse):
             log.error("a stream failed", exc_info=exc)
 
 
+def _relayed(engine) -> bool:
+    """Whether `engine` is another HTTP server the gateway relays to (vllm, remote)."""
+    return getattr(engine, "relayed", False)
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
@@ -346,7 +351,7 @@ def create_app(models: Mapping[str, Any], *, api_key: str | None = None, limits:
         spec = getattr(engine, "spec", None)
         family = getattr(getattr(spec, "family", None), "value", None)
         fmt = getattr(getattr(spec, "prompt_format", None), "value", None)
-        length = getattr(engine, "context_length", None) if engine.kind != "vllm" else getattr(engine, "max_model_len", None)
+        length = getattr(engine, "max_model_len" if _relayed(engine) else "context_length", None)
         return {"id": name, "object": "model", "created": started_at, "owned_by": "lamini", "engine": engine.kind,
                 "family": family, "prompt_format": fmt, "role": roles.get(name, "teacher" if name == "teacher" else "student"),
                 "max_model_len": length if isinstance(length, int) else None, "state": getattr(engine, "state", "ready")}
@@ -367,7 +372,7 @@ def create_app(models: Mapping[str, Any], *, api_key: str | None = None, limits:
                           "description": "The answer, or with stream: true server-sent chat.completion.chunk events."}})
     async def chat_completions(body: S.ChatCompletionRequest, request: Request):
         engine = _engine_for(body.model)
-        if engine.kind == "vllm":
+        if _relayed(engine):
             return await _proxy(engine, body.model, "/v1/chat/completions", request, bool(body.stream))
         t0 = time.perf_counter()
         if body.top_logprobs is not None and not body.logprobs:
@@ -387,7 +392,7 @@ def create_app(models: Mapping[str, Any], *, api_key: str | None = None, limits:
                           "description": "The answer, or with stream: true server-sent text_completion events."}})
     async def completions(body: S.CompletionRequest, request: Request):
         engine = _engine_for(body.model)
-        if engine.kind == "vllm":
+        if _relayed(engine):
             return await _proxy(engine, body.model, "/v1/completions", request, bool(body.stream))
         t0 = time.perf_counter()
         prompt = body.prompt

@@ -123,7 +123,7 @@ async def _run(app, engines, sock, host, with_key: bool, example: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     server = _Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10, access_log=False))
     for engine in engines.values():
-        if engine.kind == "vllm":
+        if getattr(engine, "relayed", False):
             await engine.start()
 
     async def announce():
@@ -147,7 +147,7 @@ async def _run(app, engines, sock, host, with_key: bool, example: str) -> None:
         _err("lamini serve: shutting down")
         for engine in engines.values():
             try:
-                if engine.kind == "vllm":
+                if getattr(engine, "relayed", False):
                     await engine.aclose()
                 else:
                     await asyncio.to_thread(engine.close)

@@ -6,6 +6,8 @@ Models come from the command line:
   served as NAME;
 - a bare `PATH`: named after its folder (`runs/herd/t5-small` -> `t5-small`, a hub id
   `org/model` -> `model`); `embedded` (or `teacher`) -> `teacher`;
+- `NAME=http://HOST:PORT/v1[#MODEL]`: a model on another OpenAI-compatible server
+  (a vLLM container, another `lamini serve`), relayed (key: $LAMINI_UPSTREAM_API_KEY);
 - `--herd DIR` (or `--herd RECIPE`, for the folder that recipe trains): `teacher` (the embedded teacher, unless herd.json records another
   one under "teacher"), every student in DIR/herd.json (rebuilt from the folders
   when herd.json is missing) under its name, and every ONNX export of them that
@@ -59,12 +61,22 @@ def parse_model_arg(arg: str) -> tuple[str, str]:
             raise UsageProblem(f"{arg!r}: expected NAME=PATH with NAME made of letters, digits and ._:@+- "
                                "(e.g. t5=runs/herd/t5-small)")
     path = arg
+    if is_url(path):
+        model = path.partition("#")[2]
+        if not NAME_RE.match(model):
+            raise UsageProblem(f"{arg!r}: name the model this server gives: NAME={arg}")
+        return model, path
     if path in EMBEDDED:
         return "teacher", path
     name = Path(path.rstrip("/")).name or path
     if not NAME_RE.match(name):
         raise UsageProblem(f"cannot name a model after {arg!r}; give it one: NAME={arg}")
     return name, path
+
+
+def is_url(source: str) -> bool:
+    """A model on another OpenAI-compatible server (`http://HOST:PORT/v1[#MODEL]`)."""
+    return source.startswith(("http://", "https://"))
 
 
 def parse_pairs(values: Sequence[str], option: str, what: str) -> list[tuple[str, str]]:
@@ -108,6 +120,13 @@ def plan(models: Sequence[str], herd: str | Path | None = None, engines: Sequenc
     from lamini_serve.teacher.embedded import resolve_model
 
     for p in planned:
+        if is_url(p.source):
+            if p.name in overrides:
+                raise UsageProblem(f"--engine {p.name}={overrides[p.name]}: {p.name} is served by {p.source}; "
+                                   "lamini relays to it and cannot choose its engine")
+            p.role = "teacher" if p.name == (teacher or "teacher") else "student"
+            p.kind, p.why = "remote", "an OpenAI-compatible server lamini relays to"
+            continue
         if p.source not in EMBEDDED:
             local = Path(p.source).expanduser()
             if not local.exists() and (p.source.startswith((".", "/", "~")) or p.source.count("/") > 1):
@@ -115,8 +134,9 @@ def plan(models: Sequence[str], herd: str | Path | None = None, engines: Sequenc
         p.spec = resolve_model(p.source, log=log)
         is_teacher = p.name == teacher if teacher is not None else (p.source in EMBEDDED or p.name == "teacher")
         p.role = "teacher" if is_teacher else "student"
-    vllm_py = _vllm_python() if any(overrides.get(p.name, "vllm") == "vllm" for p in planned) else None
-    for p in planned:
+    local = [p for p in planned if p.kind != "remote"]
+    vllm_py = _vllm_python() if any(overrides.get(p.name, "vllm") == "vllm" for p in local) else None
+    for p in local:
         p.kind, p.why = _engine(p, overrides.get(p.name), vllm_py)
     return planned
 
@@ -228,7 +248,14 @@ def load(planned: Sequence[Planned], *, threads: int | None, max_batch: int, max
     engines: dict[str, Any] = {}
     try:
         for p in planned:
-            if p.kind == "vllm":
+            if p.kind == "remote":
+                from lamini_serve.engines.relay import RemoteEngine
+
+                if p.name in vllm_extra:
+                    raise UsageProblem(f"--vllm-arg {p.name}=...: {p.name} is served by {p.source}, not by a vLLM "
+                                       "that lamini starts")
+                engines[p.name] = RemoteEngine(p.name, p.source)
+            elif p.kind == "vllm":
                 from lamini_serve.engines.vllm import VllmEngine
 
                 engines[p.name] = VllmEngine(p.name, p.spec, _vllm_python(), extra_args=tuple(vllm_extra.get(p.name, ())),
@@ -241,7 +268,7 @@ def load(planned: Sequence[Planned], *, threads: int | None, max_batch: int, max
                                                        max_batch=max_batch, max_waiting=max_waiting)
     except BaseException:
         for engine in engines.values():
-            if getattr(engine, "kind", "") != "vllm":
+            if not getattr(engine, "relayed", False):
                 engine.close()
         raise
     return engines

@@ -611,3 +611,29 @@ def test_herd_by_recipe_name_or_file(tiny_models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where runs/herd (quickstart-cpu's output) does not exist
     with pytest.raises(LaminiError, match="not trained yet; train it first: lamini train"):
         registry.plan([], "quickstart-cpu", log=lambda m: None)
+
+
+def test_a_model_on_another_server_is_relayed(serve, server, client, tmp_path):
+    """NAME=URL#MODEL: a second gateway relays to the first (as it would to a vLLM container):
+    the same answers, streamed and not; the upstream key from $LAMINI_UPSTREAM_API_KEY;
+    a refused key or a model the server lacks is a 503 that says so."""
+    front = serve(f"up={server.base_url}#llama-onnx", f"t5={server.base_url}#t5", "--teacher", "up",
+                  env={"LAMINI_UPSTREAM_API_KEY": KEY})
+    relay = OpenAI(base_url=front.base_url, api_key="x", max_retries=0, timeout=120)
+    cards = {m.id: m for m in relay.models.list().data}
+    assert cards["up"].engine == "remote" and cards["up"].role == "teacher" and cards["up"].state == "ready"
+    for stream in (False, True):
+        assert _chat(relay, "up", stream=stream)[:2] == _chat(client, "llama-onnx")[:2]
+        assert _complete(relay, "t5", stream=stream)[0] == _complete(client, "t5")[0]
+
+    wrong = serve(f"up={server.base_url}#llama-onnx", f"none={server.base_url}#no-such-model",
+                  env={"LAMINI_UPSTREAM_API_KEY": "wrong"}, health=False)
+    health = httpx.get(wrong.url + "/health", timeout=10)
+    assert health.status_code == 503 and set(health.json()["not_ready"]) == {"up", "none"}
+    r = httpx.post(wrong.base_url + "/chat/completions", timeout=10, json={
+        "model": "up", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503 and "refuses the key" in r.json()["error"]["message"]
+    assert "LAMINI_UPSTREAM_API_KEY" in r.json()["error"]["message"]
+
+    proc = run_lamini("serve", "http://127.0.0.1:9/v1", "--port", "0", timeout=60)
+    assert proc.returncode == 2 and "NAME=http://127.0.0.1:9/v1" in proc.stderr
