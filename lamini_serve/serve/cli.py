@@ -121,7 +121,10 @@ async def _run(app, engines, sock, host, with_key: bool, example: str) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    server = _Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10, access_log=False))
+    # Idle connections are kept longer than clients keep them (httpx and the openai SDK: 5 s), so a
+    # client never reuses a connection the server is closing at that moment (a ReadError under load).
+    server = _Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10, access_log=False,
+                                    timeout_keep_alive=75))
     for engine in engines.values():
         if getattr(engine, "relayed", False):
             await engine.start()
