@@ -65,15 +65,6 @@ def _has_gpu() -> bool:
     return _gpu
 
 
-def _cpu_dtype() -> str:
-    """vLLM's dtype on a CPU: bfloat16 where the CPU computes it natively (AVX-512 BF16,
-    AMX: about twice float32's throughput on the teacher), float32 elsewhere (where
-    bfloat16 is emulated, and slower)."""
-    from lamini_serve.hardware import cpu_native_bf16
-
-    return "bfloat16" if cpu_native_bf16() else "float32"
-
-
 def _model_context(path: str) -> int | None:
     try:
         cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
@@ -144,7 +135,10 @@ class VllmEngine(Relay):
             ctx = _model_context(spec.path) if spec.is_local else None
             max_model_len = min(ctx, DEFAULT_MAX_MODEL_LEN_CAP) if ctx else 2048
         self.max_model_len = int(max_model_len)
-        self.dtype = dtype or ("auto" if gpu else _cpu_dtype())
+        # float32 on a CPU: bfloat16 is faster where the CPU has it natively (1.25-2x on the teacher at
+        # 8-64 concurrent requests with AMX) but changed the teacher's greedy answers for the worse
+        # ("What is the capital of France?" -> "L'Étoile, la Marseillaise, ..."); opt in per model.
+        self.dtype = dtype or ("auto" if gpu else "float32")
         self.enforce_eager = (not gpu) if enforce_eager is None else enforce_eager
         self.gpu = gpu
         self.extra_env = dict(env or {})

@@ -510,7 +510,7 @@ def test_the_listening_line_is_the_only_stdout(serve, tiny_models):
 
 # ---- vLLM engines: the body as sent, the bytes as answered (a fake engine, no GPU) ---------------
 class _FakeVllm:
-    kind, max_model_len, spec = "vllm", 2048, None
+    kind, relayed, max_model_len, spec = "vllm", True, 2048, None
 
     def __init__(self):
         self.state, self.bodies = "loading", []

@@ -116,8 +116,7 @@ def engines(vllm_py, loop, teacher_path, alpaca_student, tmp_path_factory):
     logs = tmp_path_factory.mktemp("vllm-logs")
     specs = {"teacher": ModelSpec.resolve(teacher_path), "student": ModelSpec.resolve(alpaca_student)}
     assert specs["student"].prompt_format is PromptFormat.ALPACA
-    # float32: the same greedy text as torch's (lamini's default on a CPU with native bfloat16 is bfloat16)
-    engs = {k: VllmEngine(k, s, vllm_py, kv_cache_gib=1, enforce_eager=True, log_dir=logs, dtype="float32")
+    engs = {k: VllmEngine(k, s, vllm_py, kv_cache_gib=1, enforce_eager=True, log_dir=logs)
             for k, s in specs.items()}
 
     async def start_all():
