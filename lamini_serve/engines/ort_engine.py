@@ -314,20 +314,26 @@ class DecodeRun:
         return pick(outs["logits"].numpy()), {p: outs[g.present_of(p)] for p in g.past}
 
 
+def padded(prompts: list[list[int]], pad_id: int, left: bool):
+    """(input_ids, attention_mask) of `prompts` as one int64 batch, padded on the left or the right."""
+    import numpy as np
+
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for i, p in enumerate(prompts):
+        cols = slice(width - len(p), width) if left else slice(0, len(p))
+        ids[i, cols] = p
+        mask[i, cols] = 1
+    return ids, mask
+
+
 class CausalRun(DecodeRun):
     def __init__(self, engine: OrtEngine, prompts: list[list[int]]):
-        import numpy as np
-
         super().__init__(engine, engine.decoder)
-        width = max(len(p) for p in prompts)
-        n = len(prompts)
-        ids = np.full((n, width), engine.pad_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        for i, p in enumerate(prompts):  # left padding: every row's next token is in the last column
-            ids[i, width - len(p):] = p
-            mask[i, width - len(p):] = 1
-        self.ids, self.mask = ids, mask
-        self.past = self._zeros_past(n, self.graph.past)
+        # left padding: every row's next token is in the last column
+        self.ids, self.mask = padded(prompts, engine.pad_id, left=True)
+        self.past = self._zeros_past(len(prompts), self.graph.past)
 
     def _feed(self, ids):
         import numpy as np
@@ -352,16 +358,9 @@ class CausalRun(DecodeRun):
 
 class Seq2SeqRun(DecodeRun):
     def __init__(self, engine: OrtEngine, prompts: list[list[int]]):
-        import numpy as np
-
         super().__init__(engine, engine.decoder)
-        width = max(len(p) for p in prompts)
         n = len(prompts)
-        ids = np.full((n, width), engine.pad_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        for i, p in enumerate(prompts):  # an encoder pads on the right
-            ids[i, :len(p)] = p
-            mask[i, :len(p)] = 1
+        ids, mask = padded(prompts, engine.pad_id, left=False)  # an encoder pads on the right
         enc = engine.encoder.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         self.static = {"encoder_attention_mask": mask, "encoder_hidden_states": enc}
         self.dec_past = [p for p in self.graph.past if ".decoder." in p]
