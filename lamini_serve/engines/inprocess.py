@@ -96,6 +96,11 @@ class InProcessEngine:
         # only where the model cannot do without them (T5's closing </s>).
         return self._encode(text, self.spec.family is Family.SEQ2SEQ or self.spec.add_special_tokens)
 
+    def ids_text(self, ids: Sequence[int]) -> str:
+        """The text of a prompt given as token ids (InvalidRequest for an id the model lacks)."""
+        self.scheduler.check_ids(ids)
+        return self.tokenizer.decode(list(ids))
+
     def _encode(self, text: str, special: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=special, return_token_type_ids=False)["input_ids"])
 

@@ -143,7 +143,11 @@ class BatchScheduler:
                 f"this model's context is {limit} tokens, but the prompt has {n} and max_tokens asks for "
                 f"{request.params.max_new_tokens} more ({total}); shorten the prompt or lower max_tokens",
                 param="max_tokens" if n < limit else "messages")
-        if max(request.prompt_ids) >= self.model.vocab_size or min(request.prompt_ids) < 0:
+        self.check_ids(request.prompt_ids)
+
+    def check_ids(self, ids: Sequence[int]) -> None:
+        """Raise InvalidRequest for a token id this model does not have."""
+        if ids and (max(ids) >= self.model.vocab_size or min(ids) < 0):
             raise InvalidRequest(f"the prompt holds a token id outside this model's vocabulary (0..{self.model.vocab_size - 1})",
                                  param="prompt")
 
@@ -309,6 +313,7 @@ class BatchScheduler:
         """Teacher-forced log-probabilities of every prompt token after the first (blocking:
         call it from a worker thread)."""
         ids = [int(i) for i in ids]
+        self.check_ids(ids)
         if len(ids) > self.model.context_length:
             raise InvalidRequest(f"the prompt has {len(ids)} tokens; this model's context is {self.model.context_length}",
                                  param="prompt")

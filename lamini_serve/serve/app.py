@@ -418,7 +418,7 @@ def create_app(models: Mapping[str, Any], *, api_key: str | None = None, limits:
             if any(not p for p in ids):
                 raise _bad("the prompt is empty: give at least one token", "prompt")
             if body.echo:
-                texts = await asyncio.to_thread(lambda: [engine.tokenizer.decode(p) for p in ids])
+                texts = await asyncio.to_thread(lambda: [engine.ids_text(p) for p in ids])
         k = body.logprobs
         return await _generate(engine, body, request, "text", ids, texts if body.echo else None, body.max_tokens,
                                "max_tokens", _stops(body.stop), k, strip=False, echo=bool(body.echo), t0=t0)

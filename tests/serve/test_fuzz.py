@@ -8,6 +8,8 @@ is fuzzed; the server's limits are small to keep each example fast.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -15,6 +17,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 KEY = "sk-fuzz"
 SERVED = ("gpt2", "llama-onnx", "t5")
+EXAMPLES = int(os.environ.get("LAMINI_FUZZ_EXAMPLES", "25"))  # more for a longer hunt: LAMINI_FUZZ_EXAMPLES=500
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def api_schema(fuzz_server):
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 @pytest.mark.parametrize("method,path", OPERATIONS)
 def test_no_input_makes_the_server_fail(api_schema, fuzz_server, method, path, mode):
-    """25 examples per operation and mode: bodies the schema allows, and bodies it does not."""
+    """EXAMPLES per operation and mode: bodies the schema allows, and bodies it does not."""
     from hypothesis import given
 
     operation = api_schema[path][method]
@@ -44,7 +47,7 @@ def test_no_input_makes_the_server_fail(api_schema, fuzz_server, method, path, m
         pytest.skip("no body or parameters to break")
 
     @given(case=operation.as_strategy(schemathesis.GenerationMode(mode)))
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case):
         if isinstance(case.body, dict) and "model" in case.body:
             case.body["model"] = SERVED[len(str(case.body)) % len(SERVED)]

@@ -291,6 +291,8 @@ def test_unknown_model_is_404_listing_the_served_ones(client):
     (dict(max_tokens=0), "max_tokens", "echo"),
     (dict(echo=True, logprobs=1, max_tokens=0, model="t5"), "echo", "encoder-decoder"),
     (dict(prompt=[10**6]), "prompt", "vocabulary"),
+    (dict(prompt=[2**32], echo=True), "prompt", "vocabulary"),
+    (dict(prompt=[5, 10**7], echo=True, logprobs=1, max_tokens=0), "prompt", "vocabulary"),
 ])
 def test_bad_parameters_are_400_naming_the_field(client, kw, param, words):
     model = kw.pop("model", "gpt2")
