@@ -164,8 +164,10 @@ def pack(examples: Sequence[dict[str, list[int]]], max_length: int, seed: int = 
     """First-fit-decreasing packing into rows of at most max_length tokens.
 
     Each row keeps `seq_lens` so the collator can build a block-diagonal mask and
-    positions restarting at 0 for each example.
+    positions restarting at 0 for each example. Other list-valued keys of the examples
+    (the teacher's KD targets) are concatenated in the same order.
     """
+    extra = [k for k in (examples[0] if examples else {}) if k not in ("input_ids", "labels")]
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     rows: list[dict[str, list]] = []
     space: list[int] = []
@@ -176,12 +178,14 @@ def pack(examples: Sequence[dict[str, list[int]]], max_length: int, seed: int = 
             if free >= n:
                 break
         else:
-            rows.append({"input_ids": [], "labels": [], "seq_lens": []})
+            rows.append({"input_ids": [], "labels": [], "seq_lens": [], **{k: [] for k in extra}})
             space.append(max_length)
             r = len(rows) - 1
         rows[r]["input_ids"] += ex["input_ids"]
         rows[r]["labels"] += ex["labels"]
         rows[r]["seq_lens"].append(n)
+        for k in extra:
+            rows[r][k] += ex[k]
         space[r] -= n
     random.Random(seed).shuffle(rows)
     return rows
@@ -189,13 +193,24 @@ def pack(examples: Sequence[dict[str, list[int]]], max_length: int, seed: int = 
 
 @dataclass
 class CausalCollator:
-    """Pads a batch; packed rows get a 4D block-diagonal causal mask and restarting positions."""
+    """Pads a batch; packed rows get a 4D block-diagonal causal mask and restarting positions.
+    Rows with `kd` (a list of (ids, probs) arrays per example, from kd.teacher_targets) give
+    `kd_ids` and `kd_probs`: every answer position of the batch, in batch-major order."""
 
     pad_id: int
     dtype: Any = None
 
     def __call__(self, batch: list[dict[str, list]]) -> dict[str, Any]:
         import torch
+
+        if "kd" in batch[0]:
+            import numpy as np
+
+            out = self([{k: v for k, v in b.items() if k != "kd"} for b in batch])
+            parts = [t for b in batch for t in b["kd"]]
+            out["kd_ids"] = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+            out["kd_probs"] = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+            return out
 
         width = max(len(b["input_ids"]) for b in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)

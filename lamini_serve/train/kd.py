@@ -4,9 +4,22 @@ forward_kl = KL(teacher || student) (mass-covering, the classic Hinton KD),
 reverse_kl = KL(student || teacher) (mode-seeking, as in MiniLLM),
 jsd = the generalized Jensen-Shannon divergence with mixture weight beta (as in GKD).
 All are scaled by temperature**2 so gradients keep their size when T changes.
+
+Two ways to get the teacher's side. Live (`kd.top_k: 0`): the teacher runs beside the
+student on every batch, over the whole vocabulary; exact, and any divergence. Cached
+(`kd.top_k: K`, the default for forward_kl): before training, one pass of the teacher
+over the training set keeps, at each answer position, its K most likely next tokens and
+their probabilities (renormalised over the K); the student then trains against those
+with no teacher in memory. On a CPU the live teacher costs more than the student's own
+step, every step of every epoch; the cached pass costs one teacher forward per example,
+shared by every student of the herd that encodes the data the same way (a file under
+OUT/.work keyed by the teacher, K, T and the encoded rows).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
 
 from lamini_serve.errors import LaminiError
 
@@ -70,3 +83,125 @@ def kd_trainer_class():
             return (loss, out) if return_outputs else loss
 
     return KDTrainer
+
+
+def teacher_targets(teacher, rows: Sequence[dict[str, list[int]]], top_k: int, temperature: float,
+                    bf16: bool = False, batch: int = 8) -> list[tuple[Any, Any]]:
+    """Per encoded example (input_ids, labels): the teacher's top-k next-token ids (int32
+    [n, k]) and their probabilities at `temperature`, renormalised over the k (float16
+    [n, k]), at the n positions that predict an answer token, in order."""
+    import contextlib
+
+    import torch
+
+    from lamini_serve.progress import Progress
+    from lamini_serve.train.data import IGNORE
+    from lamini_serve.train.loss import answer_logits
+
+    out: list[Any] = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    cast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with Progress("teacher targets for word-level KD", len(rows), unit="examples") as bar, torch.no_grad(), cast:
+        for start in range(0, len(order), batch):
+            chunk = order[start:start + batch]
+            width = max(len(rows[i]["input_ids"]) for i in chunk)
+            ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
+            for r, i in enumerate(chunk):
+                n = len(rows[i]["input_ids"])
+                ids[r, :n] = torch.tensor(rows[i]["input_ids"])
+                labels[r, :n] = torch.tensor(rows[i]["labels"])
+                mask[r, :n] = 1
+            logits, _ = answer_logits(teacher, {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                                                "labels": labels.to(device)})
+            top, idx = torch.topk(logits.float(), top_k, dim=-1)
+            top, idx = top.cpu(), idx.cpu()
+            probs = torch.softmax(top / temperature, dim=-1)
+            counts = (labels[:, 1:] != IGNORE).sum(1).tolist()
+            at = 0
+            for r, i in enumerate(chunk):
+                n = counts[r]
+                out[i] = (idx[at:at + n].to(torch.int32).numpy(), probs[at:at + n].to(torch.float16).numpy())
+                at += n
+            bar.advance(n=len(chunk))
+    return out
+
+
+def cached_teacher_targets(work: Path, teacher_name: str, load_teacher, rows: Sequence[dict[str, list[int]]],
+                           top_k: int, temperature: float, bf16: bool, log) -> list[tuple[Any, Any]]:
+    """`teacher_targets`, computed once per (teacher, K, T, encoded rows) and kept under `work`."""
+    import hashlib
+    import io
+    import json
+
+    import numpy as np
+
+    from lamini_serve.paths import atomic_write_bytes
+
+    key = hashlib.sha256(json.dumps([teacher_name, top_k, temperature,
+                                     [(r["input_ids"], r["labels"]) for r in rows]]).encode()).hexdigest()[:16]
+    path = Path(work) / f"kd-targets-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                ids, probs, counts = z["ids"], z["probs"], z["counts"]
+            if len(counts) == len(rows):
+                log(f"word-level KD: the teacher's top-{top_k} targets from {path}")
+                bounds = np.concatenate([[0], np.cumsum(counts)])
+                return [(ids[a:b], probs[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable (a disk that filled): computed again
+    log(f"word-level KD: the teacher's top-{top_k} next tokens at every answer position of {len(rows)} examples "
+        f"(once; kept in {path})")
+    targets = teacher_targets(load_teacher(), rows, top_k, temperature, bf16)
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.concatenate([t[0] for t in targets]), probs=np.concatenate([t[1] for t in targets]),
+             counts=np.array([len(t[0]) for t in targets], dtype=np.int64))
+    atomic_write_bytes(path, buf.getvalue())
+    return targets
+
+
+def topk_kl(logq, ids, probs, temperature: float):
+    """Summed KL(teacher's top-k || student) over positions: the teacher's k probabilities
+    `probs` against the student's log-probabilities `logq` (at `temperature`, full softmax)
+    of the same tokens."""
+    p = probs.float()
+    return (p * (p.clamp_min(1e-12).log() - logq.gather(1, ids.long()))).sum() * temperature**2
+
+
+def cached_kd_trainer_class():
+    """The answer-only trainer with loss = (1 - w) * CE + w * KL against cached top-k teacher targets."""
+    from lamini_serve.train.loss import answer_logits, answer_only_trainer_class, per_item
+
+    base = answer_only_trainer_class()
+
+    class CachedKDTrainer(base):
+        def __init__(self, *a, kd=None, **kw):
+            super().__init__(*a, **kw)
+            self.kd = kd
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch.nn.functional as F
+
+            inputs = dict(inputs)
+            ids, probs = inputs.pop("kd_ids"), inputs.pop("kd_probs")
+            if return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not self.model_accepts_loss_kwargs:
+                num_items_in_batch = None
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            logits, targets = answer_logits(model, inputs, head)
+            if logits.shape[0] != ids.shape[0]:
+                raise LaminiError(f"the teacher's KD targets ({ids.shape[0]} positions) do not line up with the batch's "
+                                  f"answer tokens ({logits.shape[0]}); delete OUT/.work/kd-targets-* and train again")
+            t = self.kd.temperature
+            logp = F.log_softmax(logits.float(), dim=-1)  # one softmax serves both terms at T = 1
+            ce = F.nll_loss(logp, targets, reduction="sum")
+            kl = topk_kl(logp if t == 1 else F.log_softmax(logits.float() / t, dim=-1), ids, probs, t)
+            return per_item((1 - self.kd.weight) * ce + self.kd.weight * kl, num_items_in_batch,
+                            targets.new_tensor(targets.numel()))
+
+    return CachedKDTrainer

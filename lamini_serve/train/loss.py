@@ -28,18 +28,15 @@ def supports_answer_only(model: Any) -> bool:
             and model.get_output_embeddings() is not None)
 
 
-def answer_only_loss(model: Any, inputs: dict[str, Any], num_items: Any = None, head: Any = None):
-    """Cross-entropy of next-token prediction over the positions whose label is not -100.
+def answer_logits(model: Any, inputs: dict[str, Any], head: Any = None):
+    """(logits, targets): the lm_head's output at the positions that predict an answer token
+    (those whose next label is not -100), in batch-major, position order, and those labels.
 
     `model` is called as it is (a DDP or FSDP wrapper keeps its hooks); a forward
     pre-hook on its lm_head (`head`, by default `model.get_output_embeddings()`)
-    hands the head only the hidden states that predict an answer token. Divides the
-    summed loss by `num_items` when given (the Trainer's token count over the
-    accumulated batch), else by the number of answer tokens in this batch, like the
-    models' own loss.
+    hands the head only those hidden states. `inputs` holds the model's inputs and
+    `labels`; nothing else.
     """
-    import torch.nn.functional as F
-
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     targets = labels[:, 1:]  # the hidden state at t predicts the label at t + 1
@@ -55,11 +52,26 @@ def answer_only_loss(model: Any, inputs: dict[str, Any], num_items: Any = None, 
         logits = model(**inputs, use_cache=False).logits
     finally:
         handle.remove()
-    total = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-    denom = num_items if num_items is not None else keep.sum().clamp(min=1)
+    return logits, targets[keep]
+
+
+def per_item(total: Any, num_items: Any, count: Any):
+    """`total` divided by `num_items` when given (the Trainer's token count over the
+    accumulated batch), else by `count` (this batch's), like the models' own loss."""
+    denom = num_items if num_items is not None else count.clamp(min=1)
     if hasattr(denom, "to"):
         denom = denom.to(total.device)
     return total / denom
+
+
+def answer_only_loss(model: Any, inputs: dict[str, Any], num_items: Any = None, head: Any = None):
+    """Cross-entropy of next-token prediction over the positions whose label is not -100
+    (`answer_logits`), normalised by `per_item`."""
+    import torch.nn.functional as F
+
+    logits, targets = answer_logits(model, inputs, head)
+    total = F.cross_entropy(logits.float(), targets, reduction="sum")
+    return per_item(total, num_items, (targets != IGNORE).sum())
 
 
 def answer_only_trainer_class():

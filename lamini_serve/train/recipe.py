@@ -96,7 +96,8 @@ class InitSpec:
     """How a student's weights start: its base checkpoint, or layers kept from the teacher."""
 
     from_teacher: bool = False
-    layers: int | None = None  # with from_teacher: how many of the teacher's layers, evenly spaced
+    layers: int | None = None  # with from_teacher: how many of the teacher's layers
+    keep: Any = "ends"  # which: ends (first and last halves), spread (evenly), first, or a list of indices
     from_config: dict[str, Any] | None = None  # a fresh model of this config (e.g. a small T5) trained from scratch
 
     def __post_init__(self) -> None:
@@ -112,6 +113,13 @@ class InitSpec:
             return "init.layers only applies with init.from_teacher: true"
         if self.from_teacher and self.from_config:
             return "choose one of init.from_teacher and init.from_config"
+        if isinstance(self.keep, list):
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.keep):
+                return f"init.keep lists layer indices (integers), got {self.keep}"
+            if self.layers is not None and len(self.keep) != self.layers:
+                return f"init.keep lists {len(self.keep)} layers but init.layers is {self.layers}"
+        elif self.keep not in ("ends", "spread", "first"):
+            return f"init.keep must be ends, spread, first or a list of layer indices, got {self.keep!r}"
         return None
 
 
@@ -123,6 +131,15 @@ class KDSpec:
     divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd
     temperature: float = 1.0
     beta: float = 0.5  # the mixture weight of generalized JSD
+    top_k: int | None = None  # K > 0: the teacher's top-K targets computed once (forward_kl); 0: the live teacher
+                              # beside the student; None: 64 for forward_kl, live for the others
+
+    @property
+    def cached_k(self) -> int:
+        """How many teacher tokens per position are cached (0: the teacher runs live)."""
+        if self.top_k is None:
+            return 64 if self.divergence == "forward_kl" else 0
+        return self.top_k
 
     def __post_init__(self) -> None:
         _raise_problem(self.problem())
@@ -139,6 +156,11 @@ class KDSpec:
             return "kd.temperature must be > 0"
         if not 0 < self.beta < 1:
             return "kd.beta must be in (0, 1)"
+        if self.top_k is not None and self.top_k < 0:
+            return f"kd.top_k must be >= 0 (0: the live teacher), got {self.top_k}"
+        if self.top_k and self.divergence != "forward_kl":
+            return (f"kd.top_k {self.top_k} caches the teacher's top tokens for forward_kl only; "
+                    f"{self.divergence} needs the whole distribution: set kd.top_k: 0")
         return None
 
 

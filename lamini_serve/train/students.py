@@ -19,15 +19,44 @@ def evenly_spaced(total: int, keep: int) -> list[int]:
     return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
 
 
-def student_from_teacher(teacher: Any, layers: int):
-    """A smaller model of the teacher's architecture: embeddings, final norm, head and `layers` of its blocks."""
+KEEP_RULES = ("ends", "spread", "first")
+
+
+def kept_layers(total: int, layers: int, rule: str | list[int] = "ends") -> list[int]:
+    """Which of the teacher's `total` blocks a student of `layers` blocks keeps.
+
+    - ends: the first half and the last half, the middle dropped as one block (the
+      layers next to the embeddings and next to the head stay neighbours, as trained);
+    - spread: evenly spaced, first and last included (DistilBERT's every-other-layer);
+    - first: the first `layers` (the head then reads a hidden state it never saw);
+    - a list of indices: exactly those.
+    """
+    if isinstance(rule, list):
+        if len(rule) != layers or len(set(rule)) != len(rule) or not all(0 <= i < total for i in rule):
+            raise LaminiError(f"init.keep must list {layers} different layer indices in 0..{total - 1}, got {rule}")
+        return sorted(rule)
+    if not 1 <= layers <= total:
+        raise LaminiError(f"cannot keep {layers} of the teacher's {total} layers; choose 1..{total}")
+    if rule == "spread":
+        return evenly_spaced(total, layers)
+    if rule == "first":
+        return list(range(layers))
+    if rule == "ends":
+        head = layers // 2
+        return list(range(head)) + list(range(total - (layers - head), total))
+    raise LaminiError(f"init.keep must be one of {', '.join(KEEP_RULES)} or a list of layer indices, got {rule!r}")
+
+
+def student_from_teacher(teacher: Any, layers: int, rule: str | list[int] = "ends"):
+    """A smaller model of the teacher's architecture: embeddings, final norm, head and `layers` of
+    its blocks (which ones: `kept_layers`)."""
     import copy
 
     from transformers import AutoModelForCausalLM
 
     cfg = copy.deepcopy(teacher.config)
     blocks = _blocks(teacher)
-    keep = evenly_spaced(len(blocks), layers)
+    keep = kept_layers(len(blocks), layers, rule)
     if hasattr(cfg, "num_hidden_layers"):
         cfg.num_hidden_layers = len(keep)
     elif hasattr(cfg, "n_layer"):
@@ -100,7 +129,7 @@ def build_student(student: Student, teacher_name: str, device: str = "cpu"):
             if tspec.family is not Family.CAUSAL:
                 raise LaminiError("init.from_teacher needs a decoder-only teacher")
             teacher = tspec.load_model(device="cpu", dtype="float32")
-            model, _ = student_from_teacher(teacher, student.init.layers)
+            model, _ = student_from_teacher(teacher, student.init.layers, student.init.keep)
             del teacher
             family = Family.CAUSAL
             fmt = PromptFormat(student.prompt_format) if student.prompt_format else tspec.prompt_format

@@ -80,20 +80,10 @@ class _JsonlLogger:
 
 
 def answers(model, tok, spec, instructions: list[str], max_new_tokens: int = 64) -> list[str]:
-    """Greedy answers of an in-memory model (for the before/after comparison)."""
-    from lamini_serve.engines.torch_engine import TorchEngine
-    from lamini_serve.generation import SamplingParams
+    """Answers of an in-memory model (for the before/after comparison)."""
+    from lamini_serve.quality import greedy_answers
 
-    eng = TorchEngine.from_loaded(spec, model.eval(), tok)
-    side = tok.padding_side
-    tok.padding_side = "left" if spec.family is Family.CAUSAL else "right"
-    out = []
-    for i in range(0, len(instructions), 16):
-        convs = [[{"role": "user", "content": t}] for t in instructions[i:i + 16]]
-        out += [c.text for c in eng.generate(convs, SamplingParams(max_new_tokens=max_new_tokens, repetition_penalty=1.1))]
-    tok.padding_side = side
-    model.train()
-    return out
+    return [c.text for c in greedy_answers(model, tok, spec, instructions, max_new_tokens, repetition_penalty=1.1)]
 
 
 def train_student(recipe: Recipe, student: Student, resume: bool = False, compare: int = 32,
@@ -121,6 +111,27 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     if not rows:
         raise LaminiError(f"{student.name}: no training example fits max_length {args.max_length}")
     real_tokens, label_tokens = count_tokens(rows)
+    bf16 = use_bf16(args.bf16)
+    tspec = None
+    if student.kd is not None:
+        from lamini_serve.teacher.embedded import resolve_model
+        from lamini_serve.train.kd import check_same_vocabulary
+
+        tspec = resolve_model(recipe.teacher)
+        if spec.family is not Family.CAUSAL or tspec.family is not Family.CAUSAL:
+            raise LaminiError(f"{student.name}: word-level KD works between decoder-only teacher and student; "
+                              f"remove its kd section")
+        check_same_vocabulary(tok, tspec.load_tokenizer(), student.name)
+    cached_kd = student.kd is not None and student.kd.cached_k > 0 and supports_answer_only(model)
+    if cached_kd:
+        from lamini_serve.train.kd import cached_teacher_targets
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        targets = cached_teacher_targets(out_root / ".work", recipe.teacher,
+                                         lambda: tspec.load_model(device=device, dtype="float32"), rows,
+                                         student.kd.cached_k, student.kd.temperature, bf16, log)
+        for row, target in zip(rows, targets):
+            row["kd"] = [target]
     packed = spec.family is Family.CAUSAL and args.packing
     if packed:
         rows = pack(rows, args.max_length, args.seed)
@@ -139,7 +150,6 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     checkpoints = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if resume else []
     _trim_metrics(metrics_path, int(checkpoints[-1].name.split("-")[-1]) if checkpoints else 0)
     report = ["tensorboard"] if _has_tensorboard() else []
-    bf16 = use_bf16(args.bf16)
     # The Trainer's Accelerator reads its precision from this variable, which TrainingArguments
     # sets for bf16=True and leaves alone otherwise: set it either way, so that a student in fp32
     # after one in bf16 (one process, or a launcher config that says bf16) really runs in fp32.
@@ -158,15 +168,16 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
                   callbacks=[_JsonlLogger(metrics_path)])
     answer_only = (student.kd is None and spec.family is Family.CAUSAL and args.answer_only_logits
                    and supports_answer_only(model) and targs.n_gpu <= 1)  # not under nn.DataParallel
-    if student.kd is not None:
-        from lamini_serve.teacher.embedded import resolve_model
-        from lamini_serve.train.kd import check_same_vocabulary, kd_trainer_class
+    if cached_kd:
+        from lamini_serve.train.kd import cached_kd_trainer_class
 
-        tspec = resolve_model(recipe.teacher)
-        if spec.family is not Family.CAUSAL or tspec.family is not Family.CAUSAL:
-            raise LaminiError(f"{student.name}: word-level KD works between decoder-only teacher and student; "
-                              f"remove its kd section")
-        check_same_vocabulary(tok, tspec.load_tokenizer(), student.name)
+        if targs.n_gpu > 1:
+            raise LaminiError(f"{student.name}: word-level KD from cached targets runs one process per GPU; launch "
+                              f"with --launch \"accelerate launch\" (or set kd.top_k: 0 for the live teacher)")
+        trainer = cached_kd_trainer_class()(**common, kd=student.kd)
+    elif student.kd is not None:
+        from lamini_serve.train.kd import kd_trainer_class
+
         trainer = kd_trainer_class()(**common, teacher=tspec.load_model(device="cpu", dtype="float32"), kd=student.kd)
     elif answer_only:
         trainer = answer_only_trainer_class()(**common)
@@ -203,7 +214,7 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         "seconds": round(seconds, 1), "examples": len(train_pairs), "truncated_answers": cut, "tokens": real_tokens, "learning_rate": lr,
         "effective_batch": args.per_device_batch_size * world * accum, "precision": precision,
         "packing": packed, "answer_only_logits": answer_only,
-        "kd": dataclasses.asdict(student.kd) if student.kd else None,
+        "kd": (dataclasses.asdict(student.kd) | {"top_k": student.kd.cached_k}) if student.kd else None,
     }
     if is_main():
         _save(trainer, tok, spec, student, recipe, summary, before, compare_set, metrics_path, final, seconds, log)

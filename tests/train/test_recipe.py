@@ -32,8 +32,11 @@ BASE = {"dataset": "d.parquet", "output": "out", "students": [{"name": "a", "bas
         ({"students": [{"name": "a", "base": "gpt2", "learning_rate": -1}]}, "student a: learning_rate"),
         ({"students": [{"name": "a", "base": "gpt2", "init": {"from_teacher": True, "layers": 2}}]}, "not both"),
         ({"students": [{"name": "a", "init": {"layers": 2}}]}, "only applies with init.from_teacher"),
+        ({"students": [{"name": "a", "init": {"from_teacher": True, "layers": 2, "keep": "middle"}}]}, "init.keep must be"),
+        ({"students": [{"name": "a", "init": {"from_teacher": True, "layers": 2, "keep": [0, 1, 2]}}]}, "lists 3 layers"),
         ({"students": [{"name": "a", "base": "gpt2"}, {"name": "a", "base": "gpt2"}]}, "used twice"),
         ({"students": [{"name": "a", "base": "gpt2", "kd": {"weight": 2}}]}, "kd.weight"),
+        ({"students": [{"name": "a", "base": "gpt2", "kd": {"divergence": "jsd", "top_k": 8}}]}, "set kd.top_k: 0"),
         ({"students": []}, "non-empty list"),
     ],
 )

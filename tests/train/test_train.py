@@ -15,7 +15,7 @@ from lamini_serve.train.data import (
     pack,
 )
 from lamini_serve.train.recipe import parse_recipe
-from lamini_serve.train.students import evenly_spaced, student_from_teacher
+from lamini_serve.train.students import evenly_spaced, kept_layers, student_from_teacher
 from lamini_serve.train.trainer import grad_accum, train_student, use_bf16
 
 PAIRS = [{"instruction": f"Name fact {i} about the sea.", "response": f"The sea fact {i} is wet and blue."} for i in range(24)]
@@ -127,11 +127,22 @@ def test_students_cut_from_the_teacher(tiny_models):
 
     assert evenly_spaced(30, 6) == [0, 6, 12, 17, 23, 29]
     assert evenly_spaced(30, 12)[0] == 0 and evenly_spaced(30, 12)[-1] == 29 and len(evenly_spaced(30, 12)) == 12
+    assert kept_layers(30, 6) == [0, 1, 2, 27, 28, 29]  # the default: the middle dropped as one block
+    assert kept_layers(30, 7, "ends") == [0, 1, 2, 26, 27, 28, 29]
+    assert kept_layers(30, 6, "spread") == evenly_spaced(30, 6)
+    assert kept_layers(30, 3, "first") == [0, 1, 2]
+    assert kept_layers(30, 3, [29, 0, 5]) == [0, 5, 29]
+    for bad in ([0, 0, 1], [0, 1, 30], [0, 1]):
+        with pytest.raises(LaminiError, match="init.keep"):
+            kept_layers(30, 3, bad)
+    with pytest.raises(LaminiError, match="init.keep"):
+        kept_layers(30, 3, "middle")
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
                       num_key_value_heads=2)
     teacher = AutoModelForCausalLM.from_config(cfg)
-    student, keep = student_from_teacher(teacher, 3)
+    student, keep = student_from_teacher(teacher, 3, "spread")
     assert keep == [0, 2, 4] and student.config.num_hidden_layers == 3
+    assert student_from_teacher(teacher, 3)[1] == [0, 3, 4]
     for new, old in enumerate(keep):
         for (n1, a), (n2, b) in zip(student.model.layers[new].state_dict().items(), teacher.model.layers[old].state_dict().items()):
             assert n1 == n2 and torch.equal(a, b)
@@ -269,6 +280,62 @@ def test_kd_loss_is_the_weighted_mix_on_one_batch(tmp_path, tiny_tokenizer):
     div = divergence(out.logits[:, :-1], t_logits[:, :-1], batch["labels"][:, 1:] != IGNORE, "jsd", 2.0, 0.4).item()
     assert div > 0.01 * out.loss.item()  # the two terms differ, so dropping either one shows
     assert got == pytest.approx(0.7 * out.loss.item() + 0.3 * div, rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_cached_topk_kd_is_the_live_forward_kl_when_k_is_the_whole_vocabulary(tmp_path, tiny_tokenizer, temperature):
+    """The cached targets line up with the packed batch's answer positions: with K = the
+    vocabulary they carry the whole distribution, and the loss is the live teacher's."""
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from lamini_serve.testing import make_tiny_model
+    from lamini_serve.train.data import ListDataset
+    from lamini_serve.train.kd import cached_kd_trainer_class, kd_trainer_class, teacher_targets
+
+    teacher = make_tiny_model("llama", tmp_path / "teacher", tokenizer=tiny_tokenizer, seed=1)
+    student = make_tiny_model("llama", tmp_path / "student", tokenizer=tiny_tokenizer)
+    s_model = AutoModelForCausalLM.from_pretrained(student).eval()
+    t_model = AutoModelForCausalLM.from_pretrained(teacher).eval()
+    rows = encode_causal(PAIRS[:6], ModelSpec.resolve(student), tiny_tokenizer, 128)
+    vocab = t_model.config.vocab_size
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to=[])
+    live = kd_trainer_class()(model=s_model, args=args, train_dataset=ListDataset([]), teacher=t_model,
+                              kd=_kd_spec(weight=0.3, temperature=temperature, top_k=0))
+    plain = CausalCollator(pad_id=tiny_tokenizer.pad_token_id)(pack(rows, 128, seed=1))
+    want = live.compute_loss(s_model, dict(plain)).item()
+    got = {}
+    for k in (vocab, 3):
+        targets = teacher_targets(t_model, rows, top_k=k, temperature=temperature)
+        assert [len(t[0]) for t in targets] == [sum(x != IGNORE for x in r["labels"][1:]) for r in rows]
+        batch = CausalCollator(pad_id=tiny_tokenizer.pad_token_id)(
+            pack([r | {"kd": [t]} for r, t in zip(rows, targets)], 128, seed=1))
+        assert torch.equal(batch["input_ids"], plain["input_ids"])
+        cached = cached_kd_trainer_class()(model=s_model, args=args, train_dataset=ListDataset([]),
+                                           kd=_kd_spec(weight=0.3, temperature=temperature, top_k=k))
+        got[k] = cached.compute_loss(s_model, dict(batch)).item()
+    assert got[vocab] == pytest.approx(want, rel=2e-3)
+    assert got[3] != pytest.approx(want, rel=2e-3)  # 3 of the teacher's tokens are not its distribution
+
+
+def test_cached_kd_trains_and_its_targets_are_made_once(tmp_path, tiny_tokenizer):
+    from lamini_serve.testing import make_tiny_model
+
+    teacher = make_tiny_model("llama", tmp_path / "teacher", tokenizer=tiny_tokenizer, wide_init=False, seed=1)
+    base = make_tiny_model("llama", tmp_path / "student", tokenizer=tiny_tokenizer, wide_init=False)
+    batch = CausalCollator(pad_id=tiny_tokenizer.pad_token_id)(
+        encode_causal(PAIRS, ModelSpec.resolve(base), tiny_tokenizer, 64))
+    r = _recipe(tmp_path, base, max_steps=8)
+    r.teacher = str(teacher)
+    vocab = len(tiny_tokenizer)  # this random teacher is nearly flat: its top 64 would not be its distribution
+    r.students[0].kd = _kd_spec(weight=1.0, top_k=vocab)
+    logs = []
+    s = train_student(r, r.students[0], log=logs.append)
+    assert s["kd"]["top_k"] == vocab and any("once" in m for m in logs)
+    after = _divergence_to(teacher, tmp_path / "herd" / "s", batch)
+    assert after < 0.5 * _divergence_to(teacher, base, batch), after
+    logs.clear()
+    train_student(r, r.students[0], log=logs.append)
+    assert any("targets from" in m for m in logs), logs  # the second student reads them back
 
 
 def test_pack_fills_rows_first_fit_decreasing_within_max_length():
