@@ -89,6 +89,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                     merge(_each(init={"keep": "ends"}, kd=None, **_STEPS), _LRS)),
     "v3-steps-kd": ("v3-steps-ce + word-level KD (top-64, weight 0.5)",
                     merge(_each(init={"keep": "ends"}, kd={"weight": 0.5}, **_STEPS), _LRS)),
+    "v4-kd-only": ("v3-steps-kd with KD weight 1 (the teacher's top-64 probabilities alone, no hard labels)",
+                   merge(_each(init={"keep": "ends"}, kd={"weight": 1.0}, **_STEPS), _LRS)),
+    "v4-drop-cut": ("v3-steps-kd trained without the answers the teacher stopped at its 128-token limit "
+                    "(often its own loops)", merge(_each(init={"keep": "ends"}, kd={"weight": 0.5}, cut_answers="drop",
+                                                         **_STEPS), _LRS)),
 }
 
 

@@ -48,6 +48,7 @@ class TrainArgs:
     logging_steps: int = 10
     max_steps: int = -1  # > 0 caps the run (smoke tests, quick looks)
     eval_share: float = 0.02  # held out from the dataset for the before/after comparison
+    cut_answers: str = "keep"  # answers the teacher stopped at its token limit: keep (trained without EOS) | drop
 
     def __post_init__(self) -> None:
         # dataclasses.replace() calls __init__, so an override (`--max-steps`, a student's own
@@ -81,6 +82,8 @@ class TrainArgs:
         # The Trainer reads 0 (or any value <= 0) as "no cap" and would quietly run every epoch.
         if self.max_steps != -1 and self.max_steps < 1:
             return f"max_steps must be >= 1 (or -1 for no cap), got {self.max_steps}"
+        if self.cut_answers not in ("keep", "drop"):
+            return f"cut_answers must be keep or drop, got {self.cut_answers!r}"
         if not 0 <= self.eval_share < 0.5:
             return f"eval_share must be in [0, 0.5), got {self.eval_share}"
         return None

@@ -104,6 +104,14 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
 
     pairs = load_pairs(recipe.dataset)
     train_pairs, held_out = split_pairs(pairs, args.eval_share, args.seed)
+    dropped = 0
+    if args.cut_answers == "drop":
+        kept = [p for p in train_pairs if not p["truncated"]]
+        dropped = len(train_pairs) - len(kept)
+        if not kept:
+            raise LaminiError(f"{student.name}: every answer was cut at the teacher's token limit; "
+                              f"set cut_answers: keep, or make the data again with a higher --resp-max-tokens")
+        train_pairs = kept
     model, tok, spec = build_student(student, recipe.teacher)
     lr = args.learning_rate or FAMILY_LR[spec.family]
     encode = family_encoder(spec.family)
@@ -192,6 +200,8 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
     log(f"{student.name}: {spec.family.value}, {what}, lr {lr}, batch {args.per_device_batch_size} x {world} "
         f"x {accum} accumulation, {precision} precision")
     cut = count_truncated(train_pairs)
+    if dropped:
+        log(f"{student.name}: {dropped} answers cut at the teacher's token limit were left out (cut_answers: drop)")
     if cut:
         log(f"{student.name}: {cut} of {len(train_pairs)} answers were cut at the teacher's token limit; "
             f"they are trained without an end-of-sequence token")
@@ -211,7 +221,8 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         "student": student.name, "family": spec.family.value, "prompt_format": spec.prompt_format.value,
         "base": student.base or ("teacher layers" if student.init.from_teacher else "from config"),
         "train_loss": round(float(result.training_loss), 4), "steps": trainer.state.global_step,
-        "seconds": round(seconds, 1), "examples": len(train_pairs), "truncated_answers": cut, "tokens": real_tokens, "learning_rate": lr,
+        "seconds": round(seconds, 1), "examples": len(train_pairs), "truncated_answers": cut,
+        "dropped_cut_answers": dropped, "tokens": real_tokens, "learning_rate": lr,
         "effective_batch": args.per_device_batch_size * world * accum, "precision": precision,
         "packing": packed, "answer_only_logits": answer_only,
         "kd": (dataclasses.asdict(student.kd) | {"top_k": student.kd.cached_k}) if student.kd else None,

@@ -60,6 +60,24 @@ def test_answers_cut_at_the_token_limit_get_no_eos(tmp_path, tiny_models, tiny_t
     assert len(long["labels"]) == 7 and eos not in long["labels"]
 
 
+def test_cut_answers_can_be_left_out_of_training(tmp_path, tiny_models):
+    rows = [{"instruction": f"Say {i}.", "response": f"Number {i} and", "finish_reason": "length" if i % 3 == 0 else "stop"}
+            for i in range(12)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {"dataset": str(data), "output": str(tmp_path / "herd"),
+            "defaults": {"effective_batch_size": 4, "per_device_batch_size": 4, "max_length": 64, "max_steps": 1,
+                         "eval_share": 0.0, "bf16": "false"},
+            "students": [{"name": "s", "base": str(tiny_models["llama"])}]}
+    logs = []
+    keep = train_student(r := parse_recipe(base, "t.yaml"), r.students[0], log=logs.append)
+    assert keep["examples"] == 12 and keep["truncated_answers"] == 4 and keep["dropped_cut_answers"] == 0
+    base["defaults"]["cut_answers"] = "drop"
+    drop = train_student(r := parse_recipe(base, "t.yaml"), r.students[0], log=logs.append)
+    assert drop["examples"] == 8 and drop["truncated_answers"] == 0 and drop["dropped_cut_answers"] == 4
+    assert any("4 answers cut" in m and "left out" in m for m in logs)
+
+
 def test_bf16_where_the_hardware_has_it():
     assert use_bf16("false", cuda=True, gpu_bf16=True) is False
     assert use_bf16("auto", cuda=True, gpu_bf16=True) is True
