@@ -67,7 +67,9 @@ def _count(db, table):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_run_resumes_to_the_same_rows(tmp_path, sig):
-    with FakeOpenAIServer(latency=0.05) as url:
+    # slow enough answers that the kill lands mid-run even when this test process is starved
+    # of CPU for a few seconds (at 0.05 s a busy 2-core CI machine saw the run finish first)
+    with FakeOpenAIServer(latency=0.15) as url:
         whole, cut = tmp_path / "whole", tmp_path / "cut"
         r = _data_cli(whole, url, "--concurrency", "4")
         assert r.returncode == 0, r.stderr

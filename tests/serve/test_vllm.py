@@ -579,8 +579,14 @@ def test_the_gateway_relays_a_mid_stream_death_and_takes_vllm_with_it(serve, tin
 
     served = serve(f"s={tiny_models['gpt2']}", "--engine", "s=vllm", env={"LAMINI_VLLM_PYTHON": fake_vllm_python},
                    timeout=120)
+    def command(p) -> str:  # "" for a child that is gone or a zombie not yet reaped
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:
+            return ""
+
     kids = psutil.Process(served.proc.pid).children(recursive=True)
-    server = next(k for k in kids if "api_server" in " ".join(k.cmdline()) or "vllm" in " ".join(k.cmdline()))
+    server = next(k for k in kids if "api_server" in command(k) or "vllm" in command(k))
     r = httpx.post(served.base_url + "/completions", json={"model": "s", "prompt": "x"}, timeout=30)
     assert r.status_code == 200 and r.json()["body"]["prompt"] == "x"
 
@@ -594,11 +600,16 @@ def test_the_gateway_relays_a_mid_stream_death_and_takes_vllm_with_it(serve, tin
     assert events[-1] == "[DONE]"
 
     # the dead server is replaced; then the gateway is killed outright
+    def replacements():
+        return [k for k in psutil.Process(served.proc.pid).children(recursive=True)
+                if k.pid != server.pid and "vllm" in command(k)]
+
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and httpx.get(served.url + "/health", timeout=5).status_code != 200:
+    while time.monotonic() < deadline and (httpx.get(served.url + "/health", timeout=5).status_code != 200
+                                           or not replacements()):
         time.sleep(0.2)
     assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
-    kids = [k for k in psutil.Process(served.proc.pid).children(recursive=True) if "vllm" in " ".join(k.cmdline())]
+    kids = replacements()
     assert kids
     served.proc.kill()
     served.proc.wait(10)
