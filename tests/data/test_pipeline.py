@@ -66,6 +66,11 @@ def _count(db, table):
         return 0
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_run_resumes_to_the_same_rows(tmp_path, sig):
     # slow enough answers that the kill lands mid-run even when this test process is starved
@@ -78,7 +83,11 @@ def test_killed_run_resumes_to_the_same_rows(tmp_path, sig):
             shutil.rmtree(cut, ignore_errors=True)
             cmd = [sys.executable, "-m", "lamini_serve", "data", "run", str(cut), "--teacher-url", url,
                    "--teacher-model", "fake", *SMALL, "--concurrency", "4"]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # Ctrl-C as a user's terminal delivers it, whatever this test process inherited or
+            # was left with by earlier tests: a child starts with SIGINT ignored or blocked if its
+            # parent had it so (seen in the whole suite in a fresh clone), and Python keeps it so
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    preexec_fn=_default_sigint)
             deadline = time.time() + 60
             while _count(cut / "store.sqlite", "responses") < 20 and time.time() < deadline:
                 time.sleep(0.05)
