@@ -47,7 +47,7 @@ SHOWCASE = [
     "Write an email to my landlord asking to fix the heating.",
 ]
 
-# name -> (what it changes, a patch deep-merged into the recipe: {"defaults": {...}, "students": {NAME|"*": {...}}})
+# name -> (what it changes, a patch deep-merged into the recipe: {"defaults": {...}, "students": {NAME: {...}}})
 # A patch value None removes the key. "shipped" is the recipe as it is; the others are the
 # alternatives measured for issue 16 (kept so that the table can be made again).
 _DECODERS = ("smol-6l", "smol-12l")
@@ -97,15 +97,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-
 def variant_recipe(recipe: dict, patch: dict) -> dict:
     out = merge(recipe, {k: v for k, v in patch.items() if k != "students"})
     per = patch.get("students", {})
-    students = []
-    for s in out["students"]:
-        s = merge(s, per.get("*", {}))
-        students.append(merge(s, per.get(s["name"], {})))
-    out["students"] = [s for s in students if not s.get("skip")]
+    out["students"] = [merge(s, per.get(s["name"], {})) for s in out["students"]]
     return out
 
 

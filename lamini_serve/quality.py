@@ -62,6 +62,9 @@ def perplexity(model, tok, spec, instructions: Sequence[str], answers: Sequence[
     that ended score their end token alone: saying nothing is not free."""
     import torch
 
+    from lamini_serve.train.data import IGNORE, CausalCollator
+
+    collate = CausalCollator(pad_id=0)  # padding is masked out and labelled -100
     if spec.family is not Family.CAUSAL:
         raise ValueError("perplexity is measured with a decoder-only model (the teacher)")
     rows = []
@@ -75,22 +78,13 @@ def perplexity(model, tok, spec, instructions: Sequence[str], answers: Sequence[
     model.eval()
     with torch.no_grad():
         for i in range(0, len(rows), batch):
-            chunk = rows[i:i + batch]
-            width = max(len(p) + len(a) for p, a in chunk)
-            ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-            for r, (p, a) in enumerate(chunk):
-                n = len(p) + len(a)
-                ids[r, :n] = torch.tensor(p + a)
-                mask[r, :n] = 1
-                labels[r, len(p):n] = torch.tensor(a)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            target = labels[:, 1:]
+            padded = collate([{"input_ids": p + a, "labels": [IGNORE] * len(p) + a} for p, a in rows[i:i + batch]])
+            logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits[:, :-1].float()
+            target = padded["labels"][:, 1:]
             nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                    ignore_index=-100, reduction="sum")
+                                                    ignore_index=IGNORE, reduction="sum")
             total += float(nll)
-            count += int((target != -100).sum())
+            count += int((target != IGNORE).sum())
     if was_training:
         model.train()
     return Perplexity(total, count)

@@ -95,8 +95,10 @@ def teacher_targets(teacher, rows: Sequence[dict[str, list[int]]], top_k: int, t
     import torch
 
     from lamini_serve.progress import Progress
-    from lamini_serve.train.data import IGNORE
+    from lamini_serve.train.data import IGNORE, CausalCollator
     from lamini_serve.train.loss import answer_logits
+
+    collate = CausalCollator(pad_id=0)  # padding is masked out and labelled -100
 
     out: list[Any] = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
@@ -106,17 +108,9 @@ def teacher_targets(teacher, rows: Sequence[dict[str, list[int]]], top_k: int, t
     with Progress("teacher targets for word-level KD", len(rows), unit="examples") as bar, torch.no_grad(), cast:
         for start in range(0, len(order), batch):
             chunk = order[start:start + batch]
-            width = max(len(rows[i]["input_ids"]) for i in chunk)
-            ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
-            for r, i in enumerate(chunk):
-                n = len(rows[i]["input_ids"])
-                ids[r, :n] = torch.tensor(rows[i]["input_ids"])
-                labels[r, :n] = torch.tensor(rows[i]["labels"])
-                mask[r, :n] = 1
-            logits, _ = answer_logits(teacher, {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-                                                "labels": labels.to(device)})
+            padded = collate([{"input_ids": rows[i]["input_ids"], "labels": rows[i]["labels"]} for i in chunk])
+            labels = padded["labels"]
+            logits, _ = answer_logits(teacher, {k: v.to(device) for k, v in padded.items()})
             top, idx = torch.topk(logits.float(), top_k, dim=-1)
             top, idx = top.cpu(), idx.cpu()
             probs = torch.softmax(top / temperature, dim=-1)
