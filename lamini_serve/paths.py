@@ -201,6 +201,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as a PNG atomically (a kill mid-write leaves no half-written plot), then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[Path]:
     """Hold `folder` for this process alone; another process asking for it gets a one-line error.

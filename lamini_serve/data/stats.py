@@ -16,6 +16,7 @@ from lamini_serve.data.seeds import read_parquet_rows, read_rows
 from lamini_serve.data.text import words
 from lamini_serve.errors import LaminiError
 from lamini_serve.generation import cut_at_limit
+from lamini_serve.paths import save_figure
 
 
 def mattr(tokens: Sequence[str], window: int = 50) -> float:
@@ -91,19 +92,6 @@ def embed(texts: Sequence[str], batch_size: int = 64):
             vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out.append(torch.nn.functional.normalize(vec, dim=-1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 384), dtype="float32")
-
-
-def save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure as a PNG atomically (a kill mid-write leaves no half-written plot), then close it."""
-    import matplotlib.pyplot as plt
-
-    from lamini_serve.paths import atomic_file
-
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
 
 
 def plot_map(texts: Sequence[str], sources: Sequence[str], path: Path, seed: int = 0) -> None:

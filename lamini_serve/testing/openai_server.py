@@ -5,7 +5,10 @@ request (so two runs can be compared row for row), after a fixed latency, and
 fails on purpose on a seeded share of first attempts: 429 with Retry-After,
 500, 400 (a request the server refuses), a reply slower than the client's
 timeout, a truncated JSON body, garbage text, empty text, prose without a single
-instruction, an answer that loops. Retries of the same request succeed, as with a
+instruction, an answer that loops, a stream whose connection drops halfway
+("break"). It streams (server-sent events) when asked, lists its `models` at
+/v1/models, and `model_faults` fixes the fault of every request to one model
+(a model that always fails, beside others that answer). Retries of the same request succeed, as with a
 real flaky server, so a resumed run can finish; `faulty_attempts` makes faults
 last (a server that fails everything), `sticky` makes the same requests fail on
 every faulty attempt, and `roles` aims them at generation calls or answers only.
@@ -22,7 +25,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-FAULTS = ("429", "500", "400", "timeout", "truncated", "garbage", "empty", "prose", "loop")
+FAULTS = ("429", "500", "400", "timeout", "truncated", "garbage", "empty", "prose", "loop", "break")
 ROLES = ("generate", "answer")
 BAD_REQUEST = "fake: max_tokens is too large for this model (the fault injected as 400)"
 PROSE = "I am sorry, but I would rather talk about the weather today. It is sunny."
@@ -92,14 +95,19 @@ class FakeOpenAIServer:
     """
 
     def __init__(self, latency: float = 0.0, faults: FaultPlan | None = None, api_key: str | None = None,
-                 host: str = "127.0.0.1", port: int = 0):
+                 host: str = "127.0.0.1", port: int = 0, models: tuple[str, ...] = ("fake",),
+                 model_faults: dict[str, str] | None = None, stream_delay: float = 0.0):
         self.latency = latency
+        self.models = tuple(models)
+        self.model_faults = dict(model_faults or {})
+        self.stream_delay = stream_delay
         self.faults = faults or FaultPlan()
         self.api_key = api_key
         self.host, self.port = host, port
         self.attempts: Counter[str] = Counter()
         self.served: Counter[str] = Counter()  # outcome -> count
         self.history: dict[str, list[str]] = {}  # request digest -> outcome of each attempt
+        self.requests: list[dict] = []  # every request body, in order
         self.url = ""
         self._loop = None
         self._runner = None
@@ -119,8 +127,10 @@ class FakeOpenAIServer:
             except ValueError:
                 return web.json_response({"error": {"message": "bad json"}}, status=400)
             digest = hashlib.sha256(raw).hexdigest()
+            self.requests.append(body)
             self.attempts[digest] += 1
-            fault = self.faults.pick(digest, self.attempts[digest], role_of(kind, body))
+            fault = self.model_faults.get(body.get("model")) or self.faults.pick(digest, self.attempts[digest],
+                                                                                  role_of(kind, body))
             if self.latency:
                 await asyncio.sleep(self.latency)
             self.served[fault or "ok"] += 1
@@ -144,6 +154,8 @@ class FakeOpenAIServer:
                 text = PROSE
             elif fault == "loop":
                 text = LOOP
+            if body.get("stream"):
+                return await self._stream(request, kind, body, text, fault, digest)
             choice = {"index": 0, "finish_reason": "stop"}
             if kind == "chat":
                 choice["message"] = {"role": "assistant", "content": text}
@@ -159,10 +171,48 @@ class FakeOpenAIServer:
                 data = data[: len(data) // 2]
             return web.Response(body=data, content_type="application/json")
 
+        async def models(request: "web.Request"):
+            if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
+            return web.json_response({"object": "list", "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "fake",
+                 "role": "teacher" if k == 0 else "student"} for k, m in enumerate(self.models)]})
+
         app = web.Application()
+        app.router.add_get("/v1/models", models)
         app.router.add_post("/v1/chat/completions", handle)
         app.router.add_post("/v1/completions", handle)
         return app
+
+    async def _stream(self, request, kind: str, body: dict, text: str, fault: str | None, digest: str):
+        """Server-sent events, a word per chunk; "break" drops the connection halfway."""
+        from aiohttp import web
+
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        words = re.findall(r"\S+\s*", text) or [""]
+        base = {"id": "fake-" + digest[:12], "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                "created": 0, "model": body.get("model")}
+
+        def choice(piece: str, finish: str | None) -> dict:
+            if kind == "chat":
+                return {"index": 0, "delta": {"content": piece}, "finish_reason": finish}
+            return {"index": 0, "text": piece, "finish_reason": finish}
+
+        for i, word in enumerate(words):
+            if fault == "break" and i == max(1, len(words) // 2):
+                request.transport.close()  # the connection dies mid-answer, with no [DONE]
+                return resp
+            await resp.write(f"data: {json.dumps({**base, 'choices': [choice(word, None)]})}\n\n".encode())
+            if self.stream_delay:
+                await asyncio.sleep(self.stream_delay)
+        await resp.write(f"data: {json.dumps({**base, 'choices': [choice('', 'stop')]})}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}
+            await resp.write(f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
     async def _start(self) -> None:
         from aiohttp import web

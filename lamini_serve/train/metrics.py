@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lamini_serve.paths import save_figure
+
 
 def plot_curve(metrics_jsonl: Path, out_png: Path, title: str) -> bool:
     rows = [json.loads(x) for x in Path(metrics_jsonl).read_text().splitlines() if x.strip()]
@@ -24,6 +26,5 @@ def plot_curve(metrics_jsonl: Path, out_png: Path, title: str) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
+    save_figure(fig, Path(out_png))
     return True

@@ -1,0 +1,179 @@
+"""`lamini ui`: the browser page that puts students beside the teacher; `lamini ui report`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from lamini_serve.errors import LaminiError
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _auth(value: str | None):
+    if value is None:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise click.BadParameter("expected USER:PASSWORD, e.g. --auth alice:s3cret", param_hint="--auth")
+    return (user, password)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--endpoint", envvar="LAMINI_ENDPOINT", default=None, metavar="URL",
+              help="The OpenAI-compatible endpoint to compare models on "
+                   "(default: $LAMINI_ENDPOINT, else http://127.0.0.1:8000/v1, where `lamini serve` listens).")
+@click.option("--api-key-env", default="LAMINI_API_KEY", show_default=True, metavar="NAME",
+              help="The environment variable that holds the endpoint's API key.")
+@click.option("--serve", "serve_models", multiple=True, metavar="NAME=PATH | PATH",
+              help="Start `lamini serve` with this model for the page (repeatable), e.g. "
+                   "--serve embedded --serve smol=runs/herd/smol-6l.")
+@click.option("--herd", default=None, metavar="DIR|RECIPE",
+              help="Start `lamini serve --herd DIR` for the page: the teacher, the students and their exports.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The SQLite file for votes and grades (default: $LAMINI_HOME/ui/votes.db).")
+@click.option("--instructions", default=None, metavar="FILE.jsonl",
+              help='The human evaluation\'s instructions, one {"instruction": ..., "input": ...} per line '
+                   "(default: the 72 built-in ones).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where the page listens.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--share", is_flag=True, help="Also publish the page on a public gradio.live link (off by default).")
+@click.option("--auth", default=None, metavar="USER:PASSWORD", help="Ask for this login before the page opens.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=120, show_default=True,
+              help="Seconds a model may stay silent before its column says it timed out.")
+@click.pass_context
+def ui(ctx, endpoint, api_key_env, serve_models, herd, db, instructions, host, port, share, auth, timeout):
+    """Chat with the herd beside its teacher in the browser: side by side, arena, A-D grades, leaderboard.
+
+    \b
+      lamini ui                                   # against `lamini serve` on :8000
+      lamini ui --serve embedded --serve smol=runs/herd/smol-6l
+      lamini ui --herd quickstart-cpu             # serve what the quickstart trained, and open the page
+      lamini ui --endpoint http://gpu-box:8000/v1 --api-key-env MY_KEY
+      lamini ui report --out report/              # the leaderboard's PNGs, CSVs and report.md
+
+    Prints `lamini ui: open http://HOST:PORT` on standard output once the page is up.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if serve_models or herd:
+        if endpoint:
+            raise click.UsageError("--endpoint and --serve/--herd exclude each other: the page uses the server "
+                                   "it starts")
+    credentials = _auth(auth)
+    from lamini_serve.ui import instructions as instruction_sets
+    from lamini_serve.ui.client import DEFAULT_ENDPOINT, Endpoint, api_key_from
+    from lamini_serve.ui.store import Store
+
+    items = instruction_sets.load(instructions)
+    store = Store(db)
+    key = api_key_from(api_key_env)
+    server = None
+    try:
+        if serve_models or herd:
+            server, endpoint = _start_server(serve_models, herd, key)
+        _run(Endpoint(endpoint or DEFAULT_ENDPOINT, key, timeout), store, items, host, port, share, credentials)
+    finally:
+        store.close()
+        if server is not None:
+            _stop_server(server)
+
+
+def _start_server(models, herd, key) -> tuple[subprocess.Popen, str]:
+    """`lamini serve` in its own process group on a free port; its messages go to our standard error."""
+    cmd = [sys.executable, "-m", "lamini_serve", "serve", *models, "--host", "127.0.0.1", "--port", "0"]
+    if herd:
+        cmd += ["--herd", herd]
+    env = dict(os.environ)
+    if key:
+        env["LAMINI_API_KEY"] = key
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("lamini serve: listening on "):
+            url = line.split(" on ", 1)[1].strip()
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, url
+    code = proc.wait()
+    raise LaminiError(f"lamini serve stopped (exit {code}) before it listened; its message is above")
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
+
+
+def _run(endpoint, store, items, host, port, share, credentials) -> None:
+    from lamini_serve.ui.app import UI, build
+
+    ui_state = UI(endpoint, store, items)
+    ui_state.refresh()
+    if ui_state.problem:
+        _err(f"lamini ui: warning: {ui_state.problem} (the page shows this until the endpoint answers)")
+    else:
+        _err(f"lamini ui: {len(ui_state.models)} models on {endpoint.url}: "
+             + ", ".join(m.label for m in ui_state.models))
+    demo = build(ui_state)
+    demo.queue(default_concurrency_limit=16)
+    try:
+        demo.launch(server_name=host, server_port=port, share=share, auth=credentials, prevent_thread_lock=True,
+                    quiet=True, show_api=False, ssr_mode=False, allowed_paths=[str(ui_state.report_dir)],
+                    inbrowser=False)
+    except OSError as exc:
+        raise LaminiError(f"cannot open the page on {host}:{port} ({exc}); pick another --port") from None
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    sys.stdout.write(f"lamini ui: open {url}\n")
+    sys.stdout.flush()
+    if getattr(demo, "share_url", None):
+        _err(f"lamini ui: public link {demo.share_url}")
+    _err(f"lamini ui: votes and grades go to {store.path}; Ctrl-C stops")
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.is_set():
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _err("lamini ui: shutting down")
+        demo.close()
+
+
+@ui.command("report")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The SQLite file `lamini ui` wrote (default: $LAMINI_HOME/ui/votes.db).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The folder for the PNGs, CSVs and report.md.")
+@click.option("--rounds", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap rounds for the 95% intervals (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def report(db, out, rounds, seed):
+    """Write the leaderboard without the page: Bradley-Terry ratings, win rates, A-D grades.
+
+    \b
+      lamini ui report --db votes.db --out report/
+    """
+    from lamini_serve.ui.ranking import write_report
+    from lamini_serve.ui.store import Store
+
+    with Store(db, readonly=True) as store:
+        files = write_report(store, out, rounds=rounds, seed=seed)
+    for name, path in files.items():
+        click.echo(f"{name:<16} {path}")

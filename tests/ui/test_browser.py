@@ -1,0 +1,175 @@
+"""`lamini ui` in a real browser: a real `lamini serve` with two tiny models, the page in
+headless Chromium (Debian's, driven by Playwright), every tab used as a person would,
+then the votes and grades read back from SQLite and drawn by `lamini ui report`.
+
+Screenshots go to $LAMINI_SCREENSHOTS (default: test-artifacts/ui in the checkout).
+CI sets LAMINI_REQUIRE_BROWSER=1, so a missing browser fails there instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import lamini_root, run_lamini
+
+pytestmark = pytest.mark.slow
+CHROMIUM = os.environ.get("LAMINI_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+def _need_browser():
+    missing = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing = "the playwright package"
+    if missing is None and not Path(CHROMIUM).exists():
+        missing = f"{CHROMIUM} (apt-get install chromium)"
+    if missing:
+        if os.environ.get("LAMINI_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser test needs {missing}")
+        pytest.skip(f"needs {missing}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def shots() -> Path:
+    out = Path(os.environ.get("LAMINI_SCREENSHOTS") or lamini_root() / "test-artifacts" / "ui")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def start_ui(*args: str, timeout: float = 120) -> tuple[subprocess.Popen, str, list]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lamini_serve", "ui", *args, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    err: list[str] = []
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
+    threading.Thread(target=lambda: [err.append(x) for x in proc.stderr], daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("lamini ui printed no 'open' line:\n" + "".join(err)[-3000:])
+        if line is None:
+            raise AssertionError(f"lamini ui exited ({proc.wait(10)}):\n" + "".join(err)[-3000:])
+        if line.startswith("lamini ui: open "):
+            return proc, line.split(" open ", 1)[1].strip(), err
+
+
+def test_side_by_side_arena_grades_and_leaderboard_in_a_real_browser(tiny_models, serve, tmp_path, shots):
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    served = serve(f"tiny-llama={tiny_models['llama']}", f"tiny-gpt2={tiny_models['gpt2']}")
+    db = tmp_path / "votes.db"
+    proc, url, ui_err = start_ui("--endpoint", served.base_url, "--db", str(db))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("#side-models", timeout=60000)
+            page.wait_for_function("() => document.body.innerText.includes('2 models')", timeout=60000)
+
+            # -- side by side: one prompt, two answers streaming at once ----------------------
+            page.fill("#side-prompt textarea", "Give three tips for staying healthy.")
+            page.click("#side-send")
+            seen: list[tuple[int, int]] = []
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                lengths = page.evaluate("""() => [0, 1].map(k => {
+                    const m = document.querySelectorAll(`#side-bot-${k} [data-testid='bot']`);
+                    return m.length ? m[m.length - 1].innerText.length : 0; })""")
+                stats = [page.inner_text(f"#side-stats-{k}") for k in (0, 1)]
+                seen.append(tuple(lengths))
+                if all("tokens/s" in s and "streaming" not in s for s in stats):
+                    break
+                time.sleep(0.03)
+            else:
+                raise AssertionError(f"the answers never finished: {stats}")
+            final = seen[-1]
+            assert all(n > 3 for n in final), final
+            # each column was seen part-way: more than one length on the way to its final one
+            for k in (0, 1):
+                assert len({s[k] for s in seen if 0 < s[k] <= final[k]}) >= 2, [s[k] for s in seen]
+            assert "first token" in stats[0] and "tokens/s" in stats[1]
+            page.screenshot(path=str(shots / "side-by-side.png"), full_page=True)
+
+            # -- arena: anonymous pair, vote, names shown ------------------------------------
+            page.get_by_role("tab", name="Arena").click()
+            page.fill("#arena-prompt textarea", "Write a haiku about autumn leaves.")
+            page.click("#arena-send")
+            page.wait_for_function("() => !document.querySelector('#vote-model_a').disabled", timeout=120000)
+            assert "tiny-" not in page.inner_text("#arena-reveal")  # no names before the vote
+            page.click("#vote-model_a")
+            page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('recorded')",
+                                   timeout=30000)
+            reveal = page.inner_text("#arena-reveal")
+            assert "tiny-llama" in reveal and "tiny-gpt2" in reveal
+            page.wait_for_function("() => document.querySelector('#vote-model_b').disabled", timeout=30000)
+            page.screenshot(path=str(shots / "arena.png"), full_page=True)
+
+            # -- human evaluation: grade both answers of the first instruction -----------------
+            page.get_by_role("tab", name="Human evaluation (A-D)").click()
+            page.fill("#rate-name textarea", "ci-rater")
+            page.click("#rate-start")
+            page.wait_for_selector("#rate-grade-1", state="visible", timeout=120000)
+            assert "u001" in page.inner_text("#rate-instruction")
+            assert "tiny-" not in page.inner_text("#rate-answer-0")  # no names on the answers
+            page.locator("#rate-grade-0").get_by_text("A: valid").click()
+            page.locator("#rate-grade-1").get_by_text("C: relevant").click()
+            page.screenshot(path=str(shots / "human-eval.png"), full_page=True)
+            page.click("#rate-submit")
+            page.wait_for_function("() => document.querySelector('#rate-progress').innerText.includes('1 of 72')",
+                                   timeout=120000)
+
+            # -- leaderboard ------------------------------------------------------------------
+            page.get_by_role("tab", name="Leaderboard").click()
+            page.click("#board-refresh")
+            page.wait_for_selector("#board-png img", timeout=60000)
+            assert "tiny-" in page.inner_text("#board-table")
+            page.screenshot(path=str(shots / "leaderboard.png"), full_page=True)
+            browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, "".join(ui_err)[-2000:]
+    assert "Traceback" not in "".join(ui_err), "".join(ui_err)[-3000:]
+
+    con = sqlite3.connect(db)
+    votes = con.execute("SELECT model_a, model_b, winner, conversation_a, settings FROM votes").fetchall()
+    assert len(votes) == 1
+    model_a, model_b, winner, conv_a, settings = votes[0]
+    assert {model_a, model_b} == {"tiny-llama", "tiny-gpt2"} and winner == "model_a"
+    assert model_a in reveal.split("Model A was ")[1].split(",")[0]
+    assert "haiku" in conv_a and "temperature" in settings
+    grades = dict(con.execute("SELECT model, grade FROM ratings WHERE rater = 'ci-rater' AND item_id = 'u001'"))
+    assert sorted(grades.values()) == ["A", "C"] and set(grades) == {"tiny-llama", "tiny-gpt2"}
+    con.close()
+
+    res = run_lamini("ui", "report", "--db", str(db), "--out", str(tmp_path / "report"))
+    assert res.returncode == 0, res.stderr
+    for name in ("leaderboard.png", "winrate.png", "human_eval.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
+    assert "1 arena votes, 2 A-D ratings by 1 raters" in (tmp_path / "report" / "report.md").read_text()
