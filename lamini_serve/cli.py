@@ -47,6 +47,7 @@ def _register() -> None:
     from lamini_serve.serve.cli import serve
     from lamini_serve.teacher.cli import teacher
     from lamini_serve.train.cli import train
+    from lamini_serve.ui.cli import ui
 
     cli.add_command(teacher)
     cli.add_command(chat)
@@ -55,6 +56,7 @@ def _register() -> None:
     cli.add_command(export)
     cli.add_command(serve)
     cli.add_command(setup)
+    cli.add_command(ui)
 
 
 _register()

@@ -27,7 +27,9 @@ from lamini_serve.ui.store import GRADE_MEANINGS, GRADES, Store, Vote  # noqa: E
 
 MAX_COLUMNS = 4   # side by side: 2 to 4 models
 MAX_SLOTS = 6     # human evaluation: answers graded per instruction
-EVAL_SAMPLING = C.Sampling(temperature=0.0, top_p=1.0, max_tokens=256, seed=0)  # every rater sees the same answers
+# The human evaluation's answers: made once, greedy, with `lamini chat`'s repetition penalty, so every
+# rater sees the same answers (lamini ui --grade-repetition-penalty 1 for endpoints without that extension).
+EVAL_SAMPLING = C.Sampling(temperature=0.0, top_p=1.0, max_tokens=256, seed=0, repetition_penalty=1.1)
 GRADE_CHOICES = [(f"{g}: {GRADE_MEANINGS[g].split(':')[0]}", g) for g in GRADES]
 DEFINITIONS = "\n".join(f"- **{g}**: {GRADE_MEANINGS[g]}" for g in GRADES)
 WINNER_WORDS = {"model_a": "A is better", "model_b": "B is better", "tie": "a tie", "both_bad": "both are bad"}
@@ -42,12 +44,13 @@ EXAMPLES = [
 CSS = """
 .lamini-banner {border-left: 4px solid #d9534f; padding: 6px 12px; background: #fdf1f0;}
 .lamini-stats {font-size: 0.85em; color: #555;}
+.lamini-answer {overflow-wrap: anywhere;}
 """
 
 
-def _sampling(temperature, top_p, max_tokens, seed) -> C.Sampling:
+def _sampling(temperature, top_p, max_tokens, seed, repetition_penalty=1.0) -> C.Sampling:
     seed = None if seed in (None, "") else int(seed)
-    return C.Sampling(float(temperature), float(top_p), int(max_tokens), seed)
+    return C.Sampling(float(temperature), float(top_p), int(max_tokens), seed, float(repetition_penalty))
 
 
 def _session(request) -> str:
@@ -65,8 +68,9 @@ def _display(messages: list) -> list:
 
 class UI:
     def __init__(self, endpoint: C.Endpoint, store: Store, instructions: InstructionSet,
-                 report_dir: Path | None = None, rounds: int = 1000):
+                 report_dir: Path | None = None, rounds: int = 1000, eval_sampling: C.Sampling = EVAL_SAMPLING):
         self.endpoint = endpoint
+        self.eval_sampling = eval_sampling
         self.store = store
         self.instructions = instructions
         self.report_dir = Path(report_dir or tempfile.mkdtemp(prefix="lamini-ui-report-"))
@@ -124,7 +128,7 @@ class UI:
                 out.append(gr.update(value=[]))
         return out
 
-    async def side_send(self, prompt, picked, histories, temperature, top_p, max_tokens, seed):
+    async def side_send(self, prompt, picked, histories, temperature, top_p, max_tokens, seed, repetition_penalty=1.0):
         """Send `prompt` to every picked model; stream all columns together."""
         n_out = 1 + 2 * MAX_COLUMNS + 1
         prompt = (prompt or "").strip()
@@ -139,10 +143,11 @@ class UI:
             return
         histories = dict(histories or {})
         convs = {m: [*histories.get(m, []), {"role": "user", "content": prompt}] for m in picked[:MAX_COLUMNS]}
-        async for out in self._side_stream(convs, histories, picked, _sampling(temperature, top_p, max_tokens, seed)):
+        sampling = _sampling(temperature, top_p, max_tokens, seed, repetition_penalty)
+        async for out in self._side_stream(convs, histories, picked, sampling):
             yield ["", *out]
 
-    async def side_regenerate(self, picked, histories, temperature, top_p, max_tokens, seed):
+    async def side_regenerate(self, picked, histories, temperature, top_p, max_tokens, seed, repetition_penalty=1.0):
         """Answer the last message again, in every picked column."""
         n_out = 2 * MAX_COLUMNS + 1
         picked = list(picked or [])[:MAX_COLUMNS]
@@ -158,7 +163,8 @@ class UI:
             gr.Warning("Nothing to regenerate yet: send a message first.")
             yield [gr.skip()] * n_out
             return
-        async for out in self._side_stream(convs, histories, picked, _sampling(temperature, top_p, max_tokens, seed)):
+        sampling = _sampling(temperature, top_p, max_tokens, seed, repetition_penalty)
+        async for out in self._side_stream(convs, histories, picked, sampling):
             yield out
 
     async def _side_stream(self, convs, histories, picked, sampling):
@@ -188,7 +194,7 @@ class UI:
         return {"id": uuid.uuid4().hex, "a": a, "b": b, "conv_a": [], "conv_b": [], "revealed": False,
                 "settings": {}}
 
-    async def arena_send(self, prompt, battle, temperature, top_p, max_tokens, seed):
+    async def arena_send(self, prompt, battle, temperature, top_p, max_tokens, seed, repetition_penalty=1.0):
         n_out = 6
         prompt = (prompt or "").strip()
         if not prompt:
@@ -204,7 +210,7 @@ class UI:
                 yield [gr.skip()] * n_out
                 return
         battle = dict(battle)
-        sampling = _sampling(temperature, top_p, max_tokens, seed)
+        sampling = _sampling(temperature, top_p, max_tokens, seed, repetition_penalty)
         battle["settings"] = {"model_a": sampling.request(), "model_b": sampling.request()}
         convs = {battle["a"]: [*battle["conv_a"], {"role": "user", "content": prompt}],
                  battle["b"]: [*battle["conv_b"], {"role": "user", "content": prompt}]}
@@ -267,8 +273,9 @@ class UI:
             got = self.store.answer(name, item.id, model)
             if got is not None:
                 return got
-            text = await C.answer(self.endpoint, model, [{"role": "user", "content": item.prompt}], EVAL_SAMPLING)
-            settings = {"model": model, **EVAL_SAMPLING.request()}
+            text = await C.answer(self.endpoint, model, [{"role": "user", "content": item.prompt}],
+                                  self.eval_sampling)
+            settings = {"model": model, **self.eval_sampling.request()}
             return self.store.put_answer(name, item.id, model, item.prompt, text, settings, self.endpoint.url)
 
     async def eval_next(self, rater, models):
@@ -322,7 +329,7 @@ class UI:
         item = self.instructions.get(current["item"])
         for model, answer, grade in zip(current["models"], current["answers"], given):
             self.store.rate(self.instructions.name, item.id, model, rater, grade, instruction=item.prompt,
-                            answer=answer, settings={"model": model, **EVAL_SAMPLING.request()}, session=session)
+                            answer=answer, settings={"model": model, **self.eval_sampling.request()}, session=session)
         return await self.eval_next(rater, models)
 
     # -- leaderboard ------------------------------------------------------------------
@@ -345,14 +352,16 @@ class UI:
                 str(files["human_eval"]) if "human_eval" in files else None, downloads)
 
 
-def _sampling_controls():
-    with gr.Accordion("Sampling", open=False):
+def _sampling_controls(prefix: str):
+    with gr.Accordion("Sampling", open=False, elem_id=f"{prefix}-sampling"):
         with gr.Row():
-            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="temperature")
-            top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p")
-            max_tokens = gr.Slider(1, 1024, value=256, step=1, label="max tokens")
-            seed = gr.Number(value=None, precision=0, label="seed (empty: random)")
-    return [temperature, top_p, max_tokens, seed]
+            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="temperature", elem_id=f"{prefix}-temperature")
+            top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p", elem_id=f"{prefix}-top-p")
+            max_tokens = gr.Slider(1, 1024, value=256, step=1, label="max tokens", elem_id=f"{prefix}-max-tokens")
+            penalty = gr.Slider(1, 2, value=1.0, step=0.05, label="repetition penalty",
+                                elem_id=f"{prefix}-repetition-penalty")
+            seed = gr.Number(value=None, precision=0, label="seed (empty: random)", elem_id=f"{prefix}-seed")
+    return [temperature, top_p, max_tokens, seed, penalty]
 
 
 def build(ui: UI) -> gr.Blocks:
@@ -385,7 +394,7 @@ def build(ui: UI) -> gr.Blocks:
                 stop = gr.Button("Stop", size="sm")
                 regen = gr.Button("Regenerate", size="sm")
                 clear = gr.Button("Clear", size="sm")
-            sampling = _sampling_controls()
+            sampling = _sampling_controls("side")
             gr.Examples(EXAMPLES, inputs=[prompt], label="Examples of user-oriented instructions")
             col_outputs = [x for pair in zip(cols, bots) for x in pair]
             picker.change(ui.columns, [picker, histories], col_outputs, queue=False)
@@ -417,7 +426,7 @@ def build(ui: UI) -> gr.Blocks:
             with gr.Row():
                 a_rater = gr.Textbox(label="Your name (optional)", scale=2)
                 a_new = gr.Button("New round", size="sm", scale=1)
-            a_sampling = _sampling_controls()
+            a_sampling = _sampling_controls("arena")
             vote_group = list(votes.values())
 
             def interactive_all(update):
@@ -444,7 +453,7 @@ def build(ui: UI) -> gr.Blocks:
 
         with gr.Tab("Human evaluation (A-D)", id="rate"):
             gr.Markdown("Grade each answer the way the LaMini-LM paper did. You do not see which model wrote it; "
-                        "the answers were made once, at temperature 0, so every rater grades the same text.\n\n"
+                        "the answers were made once, greedily, so every rater grades the same text.\n\n"
                         + DEFINITIONS)
             with gr.Row():
                 rater = gr.Textbox(label="Your name", scale=1, elem_id="rate-name")
@@ -457,7 +466,7 @@ def build(ui: UI) -> gr.Blocks:
             slots = []
             for k in range(MAX_SLOTS):
                 with gr.Group():
-                    slots.append(gr.Markdown(visible=False, elem_id=f"rate-answer-{k}"))
+                    slots.append(gr.Markdown(visible=False, elem_id=f"rate-answer-{k}", elem_classes=["lamini-answer"]))
                     slots.append(gr.Radio(GRADE_CHOICES, label=f"Grade for answer {k + 1}", visible=False,
                                           elem_id=f"rate-grade-{k}"))
             submit = gr.Button("Submit grades and go on", variant="primary", interactive=False, elem_id="rate-submit")

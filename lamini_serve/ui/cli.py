@@ -50,8 +50,12 @@ def _auth(value: str | None):
 @click.option("--auth", default=None, metavar="USER:PASSWORD", help="Ask for this login before the page opens.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=120, show_default=True,
               help="Seconds a model may stay silent before its column says it timed out.")
+@click.option("--grade-repetition-penalty", type=click.FloatRange(min=1), default=1.1, show_default=True,
+              help="Repetition penalty of the A-D tab's stored answers (greedy, as `lamini chat`); 1: none, "
+                   "for endpoints without vLLM's sampling extensions.")
 @click.pass_context
-def ui(ctx, endpoint, api_key_env, serve_models, herd, db, instructions, host, port, share, auth, timeout):
+def ui(ctx, endpoint, api_key_env, serve_models, herd, db, instructions, host, port, share, auth, timeout,
+       grade_repetition_penalty):
     """Chat with the herd beside its teacher in the browser: side by side, arena, A-D grades, leaderboard.
 
     \b
@@ -81,7 +85,8 @@ def ui(ctx, endpoint, api_key_env, serve_models, herd, db, instructions, host, p
     try:
         if serve_models or herd:
             server, endpoint = _start_server(serve_models, herd, key)
-        _run(Endpoint(endpoint or DEFAULT_ENDPOINT, key, timeout), store, items, host, port, share, credentials)
+        _run(Endpoint(endpoint or DEFAULT_ENDPOINT, key, timeout), store, items, host, port, share, credentials,
+             grade_repetition_penalty)
     finally:
         store.close()
         if server is not None:
@@ -119,10 +124,12 @@ def _stop_server(proc: subprocess.Popen) -> None:
         pass
 
 
-def _run(endpoint, store, items, host, port, share, credentials) -> None:
-    from lamini_serve.ui.app import UI, build
+def _run(endpoint, store, items, host, port, share, credentials, grade_penalty: float = 1.1) -> None:
+    from dataclasses import replace
 
-    ui_state = UI(endpoint, store, items)
+    from lamini_serve.ui.app import EVAL_SAMPLING, UI, build
+
+    ui_state = UI(endpoint, store, items, eval_sampling=replace(EVAL_SAMPLING, repetition_penalty=grade_penalty))
     ui_state.refresh()
     if ui_state.problem:
         _err(f"lamini ui: warning: {ui_state.problem} (the page shows this until the endpoint answers)")

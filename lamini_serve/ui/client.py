@@ -85,12 +85,22 @@ class Sampling:
     top_p: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
+    repetition_penalty: float = 1.0  # vLLM's extension (lamini serve has it too): above 1 discourages repeats
 
     def request(self) -> dict:
+        """The request's sampling fields, as stored with a vote."""
         out = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
         if self.seed is not None:
             out["seed"] = int(self.seed)
+        if self.repetition_penalty != 1.0:
+            out["repetition_penalty"] = self.repetition_penalty
         return out
+
+    def kwargs(self) -> dict:
+        """The same, as openai client arguments (fields outside OpenAI's API go in extra_body)."""
+        out = self.request()
+        extra = {k: out.pop(k) for k in ("repetition_penalty",) if k in out}
+        return {**out, "extra_body": extra} if extra else out
 
 
 @dataclass
@@ -136,7 +146,7 @@ async def stream_one(client, state: StreamState, messages: list[dict], sampling:
     """Stream one chat completion into `state`, setting `changed` at every step."""
     try:
         kwargs = dict(model=state.model, messages=messages, stream=True, stream_options={"include_usage": True},
-                      **sampling.request())
+                      **sampling.kwargs())
         if stop:
             kwargs["stop"] = list(stop)
         stream = await asyncio.wait_for(client.chat.completions.create(**kwargs), timeout)
@@ -198,7 +208,7 @@ async def answer(endpoint: Endpoint, model: str, messages: list[dict], sampling:
     """One whole answer (not streamed); a LaminiError says why there is none."""
     client = endpoint.client()
     try:
-        out = await client.chat.completions.create(model=model, messages=messages, **sampling.request())
+        out = await client.chat.completions.create(model=model, messages=messages, **sampling.kwargs())
         return out.choices[0].message.content or ""
     except Exception as exc:  # noqa: BLE001
         raise LaminiError(f"{model}: {_error_text(exc, endpoint.timeout)}") from None

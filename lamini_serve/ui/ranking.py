@@ -150,7 +150,7 @@ def plot_leaderboard(board: Leaderboard, path: Path) -> None:
 
     plt = _plt()
     n = len(board.models)
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(n, 1)), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 1.4 + 0.5 * max(n, 1)), dpi=120)
     y = np.arange(n)[::-1]
     has = ~np.isnan(board.lower)
     err = np.vstack([board.rating - board.lower, board.upper - board.rating])
@@ -158,6 +158,7 @@ def plot_leaderboard(board: Leaderboard, path: Path) -> None:
                 elinewidth=4, capsize=0)
     ax.plot(board.rating[~has], y[~has], "o", color="#3b75af")
     ax.set_yticks(y, [f"{m}  ({b} battles)" for m, b in zip(board.models, board.battles)])
+    ax.set_ylim(-0.6, n - 0.4)
     ax.axvline(1000, color="#888", lw=0.8, ls=":")
     ax.set_xlabel("Bradley-Terry rating (Elo scale), with 95% bootstrap interval")
     ax.set_title("Arena leaderboard")

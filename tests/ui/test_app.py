@@ -79,11 +79,17 @@ def test_an_endpoint_that_is_down_or_refuses_the_key_is_one_line_on_the_banner(t
 
 
 def test_side_by_side_sends_to_every_picked_model_keeps_turns_and_regenerates(tmp_path):
-    with FakeOpenAIServer(models=("teacher", "a", "b")) as url:
+    server = FakeOpenAIServer(models=("teacher", "a", "b"))
+    with server as url:
         ui = make_ui(url, tmp_path)
         skipped = run(collect(ui.side_send("   ", ["teacher", "a"], {}, 0.7, 1.0, 32, None)))
         assert skipped[-1][0] == {"__type__": "update"}  # nothing sent for an empty prompt
         frames = run(collect(ui.side_send("Hello there", ["teacher", "a"], {}, 0.7, 1.0, 32, 3)))
+        assert "repetition_penalty" not in server.requests[-1]  # 1.0 is not sent: any endpoint takes it
+        run(collect(ui.side_send("Hello there", ["teacher"], {}, 0.2, 0.9, 8, 5, 1.3)))
+        sent = server.requests[-1]
+        assert (sent["repetition_penalty"], sent["temperature"], sent["top_p"], sent["max_tokens"], sent["seed"]) \
+            == (1.3, 0.2, 0.9, 8, 5) and sent["stream"] is True
         box, *rest = frames[-1]
         bots, stats, hist = rest[:MAX_COLUMNS], rest[MAX_COLUMNS:2 * MAX_COLUMNS], rest[-1]
         assert box == "" and set(hist) == {"teacher", "a"}
@@ -160,7 +166,9 @@ def test_stored_answers_are_asked_for_once_even_when_raters_arrive_together(tmp_
         outs = run(both())
     assert len({tuple(sorted(zip(o[0]["models"], o[0]["answers"]))) for o in outs}) == 1
     assert sum(server.served.values()) == 2  # one request per model, however many raters
-    assert EVAL_SAMPLING.temperature == 0.0
+    for body in server.requests:  # greedy, with lamini chat's repetition penalty (vLLM's extension)
+        assert body["temperature"] == 0.0 and body["repetition_penalty"] == 1.1 and not body.get("stream")
+    assert EVAL_SAMPLING.temperature == 0.0 and ui.store.ratings() == []
 
 
 def test_the_leaderboard_tab_writes_the_report(tmp_path):
