@@ -11,6 +11,7 @@ annotation of a handler to pass the request in.
 import asyncio
 import os
 import random
+import shutil
 import tempfile
 import time
 import uuid
@@ -23,10 +24,11 @@ import gradio as gr  # noqa: E402
 from lamini_serve.errors import LaminiError  # noqa: E402
 from lamini_serve.ui import client as C  # noqa: E402
 from lamini_serve.ui.instructions import InstructionSet  # noqa: E402
-from lamini_serve.ui.store import GRADE_MEANINGS, GRADES, Store, Vote  # noqa: E402
+from lamini_serve.ui.store import GRADE_MEANINGS, GRADES, WINNERS, Store, Vote  # noqa: E402
 
 MAX_COLUMNS = 4   # side by side: 2 to 4 models
 MAX_SLOTS = 6     # human evaluation: answers graded per instruction
+KEEP_REPORTS = 20  # leaderboard refreshes kept on disk
 # The human evaluation's answers: made once, greedy, with `lamini chat`'s repetition penalty, so every
 # rater sees the same answers (lamini ui --grade-repetition-penalty 1 for endpoints without that extension).
 EVAL_SAMPLING = C.Sampling(temperature=0.0, top_p=1.0, max_tokens=256, seed=0, repetition_penalty=1.1)
@@ -49,7 +51,13 @@ CSS = """
 
 
 def _sampling(temperature, top_p, max_tokens, seed, repetition_penalty=1.0) -> C.Sampling:
-    seed = None if seed in (None, "") else int(seed)
+    """The sampling controls' values; the seed box is text (a gr.Number sends 0 when left empty)."""
+    text = "" if seed is None else str(seed).strip()
+    try:
+        seed = int(text) if text else None
+    except ValueError:
+        raise gr.Error(f"seed {text!r} is not a whole number; type one, or leave it empty for a random answer") \
+            from None
     return C.Sampling(float(temperature), float(top_p), int(max_tokens), seed, float(repetition_penalty))
 
 
@@ -59,6 +67,11 @@ def _session(request) -> str:
 
 def _turn(history: list, text: str) -> list:
     return [*history, {"role": "assistant", "content": text}]
+
+
+def _stopped(*stats):
+    """The figures under the columns once Stop cut their streams."""
+    return [s.replace(" · streaming", " · stopped") if s else s for s in stats]
 
 
 def _display(messages: list) -> list:
@@ -126,7 +139,7 @@ class UI:
             else:
                 out.append(gr.update(visible=False))
                 out.append(gr.update(value=[]))
-        return out
+        return [*out, *([""] * MAX_COLUMNS)]  # the figures under the columns belonged to the last answers
 
     async def side_send(self, prompt, picked, histories, temperature, top_p, max_tokens, seed, repetition_penalty=1.0):
         """Send `prompt` to every picked model; stream all columns together."""
@@ -168,19 +181,21 @@ class UI:
             yield out
 
     async def _side_stream(self, convs, histories, picked, sampling):
-        stats = {m: "" for m in picked}
+        cols = [*picked[:MAX_COLUMNS], *[None] * (MAX_COLUMNS - len(picked[:MAX_COLUMNS]))]
+        stats = {m: "waiting for the first token..." for m in convs}
+
+        def frame():
+            return [*(_display(histories.get(m, [])) if m in convs else gr.skip() for m in cols),
+                    *(stats[m] if m in convs else gr.skip() for m in cols), dict(histories)]
+
+        for m in convs:  # the question shows at once, before any answer
+            histories[m] = _turn(convs[m], "")
+        yield frame()
         async for states in C.stream_all(self.endpoint, convs, sampling):
-            for s in states:
-                histories[s.model] = _turn(convs[s.model], s.text)
-                stats[s.model] = s.stats()
-            out = []
-            for k in range(MAX_COLUMNS):
-                m = picked[k] if k < len(picked) else None
-                out.append(_display(histories.get(m, [])) if m else gr.skip())
-            for k in range(MAX_COLUMNS):
-                m = picked[k] if k < len(picked) else None
-                out.append(stats.get(m, "") if m else gr.skip())
-            yield [*out, dict(histories)]
+            for st in states:
+                histories[st.model] = _turn(convs[st.model], st.text)
+                stats[st.model] = st.stats()
+            yield frame()
 
     def side_clear(self):
         return [*([[]] * MAX_COLUMNS), *([""] * MAX_COLUMNS), {}]
@@ -195,46 +210,58 @@ class UI:
                 "settings": {}}
 
     async def arena_send(self, prompt, battle, temperature, top_p, max_tokens, seed, repetition_penalty=1.0):
-        n_out = 6
+        """Both anonymous models answer; the vote buttons wake up only when both answers are whole."""
+        n_out = 5 + len(WINNERS)
         prompt = (prompt or "").strip()
         if not prompt:
             gr.Warning("Type a message first.")
             yield [gr.skip()] * n_out
             return
-        if battle is None or battle.get("revealed"):
+        if battle is None or battle.get("revealed") or battle.get("failed"):
             if not self.models:
-                self.refresh()
+                await asyncio.to_thread(self.refresh)
             battle = self.new_battle()
             if battle is None:
                 gr.Warning("The arena needs at least two models on the endpoint.")
                 yield [gr.skip()] * n_out
                 return
-        battle = dict(battle)
+        battle = {**battle, "done": False}
         sampling = _sampling(temperature, top_p, max_tokens, seed, repetition_penalty)
         battle["settings"] = {"model_a": sampling.request(), "model_b": sampling.request()}
         convs = {battle["a"]: [*battle["conv_a"], {"role": "user", "content": prompt}],
                  battle["b"]: [*battle["conv_b"], {"role": "user", "content": prompt}]}
         hidden = "The models' names are shown after your vote."
-        yield ["", _display(convs[battle["a"]]), _display(convs[battle["b"]]), battle, hidden,
-               gr.update(interactive=False)]
+        off = [gr.update(interactive=False)] * len(WINNERS)
+        yield ["", _display(convs[battle["a"]]), _display(convs[battle["b"]]), battle, hidden, *off]
         async for states in C.stream_all(self.endpoint, convs, sampling):
-            texts = {}
-            for s in states:
-                texts[s.model] = s.text + (f"\n\n[error: {s.error}]" if s.error else "")
-            battle["conv_a"] = _turn(convs[battle["a"]], texts[battle["a"]])
-            battle["conv_b"] = _turn(convs[battle["b"]], texts[battle["b"]])
-            done = all(s.done for s in states)
-            yield [gr.skip(), _display(battle["conv_a"]), _display(battle["conv_b"]), dict(battle), hidden,
-                   gr.update(interactive=done)]
+            by = {s.model: s for s in states}
+            battle = {**battle, "conv_a": _turn(convs[battle["a"]], by[battle["a"]].text),
+                      "conv_b": _turn(convs[battle["b"]], by[battle["b"]].text)}
+            note = hidden
+            if all(s.done for s in states):
+                failed = [side for side, m in (("A", battle["a"]), ("B", battle["b"])) if by[m].error]
+                battle["done"], battle["failed"] = True, bool(failed)
+                if failed:  # the error text may name the model: it is not shown, and the round is not voted on
+                    note = (f"Model {' and model '.join(failed)} could not answer (the endpoint failed or timed "
+                            "out), so this round cannot be voted on. Send a new prompt for a new pair.")
+            on = [gr.update(interactive=battle["done"] and not battle.get("failed"))] * len(WINNERS)
+            yield [gr.skip(), _display(battle["conv_a"]), _display(battle["conv_b"]), battle, note, *on]
 
     def arena_vote(self, winner: str, battle, rater: str, session: str):
         """Record the vote and show the names; a vote after the names were shown does not count."""
+        skip = [gr.skip()] * (2 + len(WINNERS))
         if not battle or not battle.get("conv_a"):
             gr.Warning("Ask both models something first.")
-            return gr.skip(), gr.skip(), gr.skip()
+            return skip
         if battle.get("revealed"):
             gr.Warning("The names were already shown, so this vote does not count. Send a new prompt for a new round.")
-            return gr.skip(), gr.skip(), gr.skip()
+            return skip
+        if not battle.get("done"):
+            gr.Warning("Wait until both answers are complete.")
+            return skip
+        if battle.get("failed"):
+            gr.Warning("A model failed to answer in this round; send a new prompt for a new pair.")
+            return skip
         counted = self.store.add_vote(Vote(battle["id"], battle["a"], battle["b"], winner, battle["conv_a"],
                                            battle["conv_b"], battle["settings"], (rater or "").strip() or session,
                                            session, self.endpoint.url, time.time()))
@@ -242,10 +269,10 @@ class UI:
         note = "Vote recorded." if counted else "This round already had a vote; it counts once."
         reveal = (f"Model A was **{battle['a']}**, model B was **{battle['b']}**. You said {WINNER_WORDS[winner]}. "
                   f"{note} Send a new prompt (or press *New round*) for the next pair.")
-        return battle, reveal, gr.update(interactive=False)
+        return [battle, reveal, *[gr.update(interactive=False)] * len(WINNERS)]
 
     def arena_new(self):
-        return None, [], [], "", gr.update(interactive=False)
+        return [None, [], [], "", *[gr.update(interactive=False)] * len(WINNERS)]
 
     # -- human evaluation -------------------------------------------------------------
     def eval_progress(self, rater: str, models) -> str:
@@ -264,18 +291,17 @@ class UI:
 
     async def stored_answer(self, item, model: str) -> str:
         """The answer every rater sees: made once, at temperature 0, and kept in the database."""
-        name = self.instructions.name
-        got = self.store.answer(name, item.id, model)
+        name, settings = self.instructions.name, self.eval_sampling.request()
+        got = self.store.answer(name, item.id, model, settings)
         if got is not None:
             return got
         lock = self._answer_locks.setdefault((name, item.id, model), asyncio.Lock())
         async with lock:
-            got = self.store.answer(name, item.id, model)
+            got = self.store.answer(name, item.id, model, settings)
             if got is not None:
                 return got
             text = await C.answer(self.endpoint, model, [{"role": "user", "content": item.prompt}],
                                   self.eval_sampling)
-            settings = {"model": model, **self.eval_sampling.request()}
             return self.store.put_answer(name, item.id, model, item.prompt, text, settings, self.endpoint.url)
 
     async def eval_next(self, rater, models):
@@ -303,7 +329,8 @@ class UI:
             return [gr.skip()] * n_out
         order = list(range(len(models)))
         random.Random(f"{rater}\x00{self.instructions.name}\x00{item.id}").shuffle(order)
-        current = {"item": item.id, "models": [models[k] for k in order], "answers": [answers[k] for k in order]}
+        current = {"item": item.id, "rater": rater, "models": [models[k] for k in order],
+                   "answers": [answers[k] for k in order]}
         header = f"**Instruction** ({item.category or 'user'} · {item.id})\n\n{item.instruction}"
         if item.input:
             header += f"\n\n**Input**\n\n{item.input}"
@@ -322,6 +349,10 @@ class UI:
         if not current:
             gr.Warning("Press *Start* to get an instruction first.")
             return [gr.skip()] * (2 + 2 * MAX_SLOTS + 2)
+        if rater != current.get("rater"):
+            gr.Warning(f"These answers were dealt to {current.get('rater')}: put that name back, or press "
+                       "*Start / resume* under the new one.")
+            return [gr.skip()] * (2 + 2 * MAX_SLOTS + 2)
         given = list(grades)[:len(current["models"])]
         if any(g not in GRADES for g in given):
             gr.Warning("Give every answer a grade (A, B, C or D) before you submit.")
@@ -329,21 +360,25 @@ class UI:
         item = self.instructions.get(current["item"])
         for model, answer, grade in zip(current["models"], current["answers"], given):
             self.store.rate(self.instructions.name, item.id, model, rater, grade, instruction=item.prompt,
-                            answer=answer, settings={"model": model, **self.eval_sampling.request()}, session=session)
+                            answer=answer, settings=self.eval_sampling.request(), session=session)
         return await self.eval_next(rater, models)
 
     # -- leaderboard ------------------------------------------------------------------
     def leaderboard(self):
-        from lamini_serve.ui.ranking import write_report
+        from lamini_serve.ui.ranking import PROVISIONAL, write_report
 
-        out = self.report_dir / uuid.uuid4().hex[:8]
+        out = self.report_dir / f"{time.time_ns()}-{uuid.uuid4().hex[:6]}"
         files = write_report(self.store, out, rounds=self.rounds)
+        for old in sorted(self.report_dir.iterdir())[:-KEEP_REPORTS]:  # the newest few stay for downloads
+            shutil.rmtree(old, ignore_errors=True)
         rows = []
         if "leaderboard_csv" in files:
             import csv
 
             with files["leaderboard_csv"].open() as f:
-                rows = [[r["rank"], r["model"], r["rating"], f"{r['lower']} to {r['upper']}", r["battles"],
+                rows = [[r["rank"], r["model"], r["rating"],
+                         "-" if r["lower"] == "nan" else f"{r['lower']} to {r['upper']}",
+                         r["battles"] + (" (provisional)" if int(r["battles"]) < PROVISIONAL else ""),
                          r["wins"], r["ties"], r["losses"]] for r in csv.DictReader(f)]
         summary = files["report"].read_text().split("\n", 3)[2]
         downloads = [str(p) for k, p in files.items() if k.endswith("_csv") or k == "report"]
@@ -360,7 +395,7 @@ def _sampling_controls(prefix: str):
             max_tokens = gr.Slider(1, 1024, value=256, step=1, label="max tokens", elem_id=f"{prefix}-max-tokens")
             penalty = gr.Slider(1, 2, value=1.0, step=0.05, label="repetition penalty",
                                 elem_id=f"{prefix}-repetition-penalty")
-            seed = gr.Number(value=None, precision=0, label="seed (empty: random)", elem_id=f"{prefix}-seed")
+            seed = gr.Textbox(value="", label="seed (empty: random)", elem_id=f"{prefix}-seed", max_lines=1)
     return [temperature, top_p, max_tokens, seed, penalty]
 
 
@@ -391,20 +426,24 @@ def build(ui: UI) -> gr.Blocks:
                                     elem_id="side-prompt", lines=1, max_lines=6)
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="side-send")
             with gr.Row():
-                stop = gr.Button("Stop", size="sm")
-                regen = gr.Button("Regenerate", size="sm")
-                clear = gr.Button("Clear", size="sm")
+                stop = gr.Button("Stop", size="sm", elem_id="side-stop")
+                regen = gr.Button("Regenerate", size="sm", elem_id="side-regenerate")
+                clear = gr.Button("Clear", size="sm", elem_id="side-clear")
             sampling = _sampling_controls("side")
             gr.Examples(EXAMPLES, inputs=[prompt], label="Examples of user-oriented instructions")
             col_outputs = [x for pair in zip(cols, bots) for x in pair]
-            picker.change(ui.columns, [picker, histories], col_outputs, queue=False)
             send_args = dict(fn=ui.side_send, inputs=[prompt, picker, histories, *sampling],
                              outputs=[prompt, *bots, *stats, histories], concurrency_limit=None)
             e1 = send.click(**send_args)
             e2 = prompt.submit(**send_args)
             e3 = regen.click(ui.side_regenerate, [picker, histories, *sampling], [*bots, *stats, histories],
                              concurrency_limit=None)
-            stop.click(None, cancels=[e1, e2, e3])
+            # one answer at a time per page: a new send, or other models picked, stops the streams going on
+            send.click(None, cancels=[e2, e3])
+            prompt.submit(None, cancels=[e1, e3])
+            regen.click(None, cancels=[e1, e2])
+            picker.change(ui.columns, [picker, histories], [*col_outputs, *stats], cancels=[e1, e2, e3], queue=False)
+            stop.click(_stopped, stats, stats, cancels=[e1, e2, e3], queue=False)
             clear.click(ui.side_clear, None, [*bots, *stats, histories], cancels=[e1, e2, e3], queue=False)
 
         with gr.Tab("Arena", id="arena"):
@@ -427,29 +466,20 @@ def build(ui: UI) -> gr.Blocks:
                 a_rater = gr.Textbox(label="Your name (optional)", scale=2)
                 a_new = gr.Button("New round", size="sm", scale=1)
             a_sampling = _sampling_controls("arena")
-            vote_group = list(votes.values())
-
-            def interactive_all(update):
-                return [update] * len(vote_group)
-
+            vote_group = [votes[w] for w in WINNERS]
             arena_args = dict(fn=ui.arena_send, inputs=[a_prompt, battle, *a_sampling],
-                              outputs=[a_prompt, bot_a, bot_b, battle, reveal, vote_group[0]], concurrency_limit=None)
+                              outputs=[a_prompt, bot_a, bot_b, battle, reveal, *vote_group], concurrency_limit=None)
             ea = a_send.click(**arena_args)
             eb = a_prompt.submit(**arena_args)
-            for ev in (ea, eb):
-                ev.then(lambda b: interactive_all(gr.update(interactive=bool(b and b.get("conv_a")
-                                                                              and not b.get("revealed")))),
-                        [battle], vote_group, queue=False)
+            a_send.click(None, cancels=[eb])  # one answer at a time per page: a new send stops the other
+            a_prompt.submit(None, cancels=[ea])
             for winner, button in votes.items():
                 def vote(b, r, request: gr.Request, _w=winner):
                     return ui.arena_vote(_w, b, r, _session(request))
 
-                button.click(vote, [battle, a_rater], [battle, reveal, vote_group[0]], queue=False).then(
-                    lambda b: interactive_all(gr.update(interactive=not (b or {}).get("revealed", False))),
-                    [battle], vote_group, queue=False)
-            a_new.click(ui.arena_new, None, [battle, bot_a, bot_b, reveal, vote_group[0]], cancels=[ea, eb],
-                        queue=False).then(lambda: interactive_all(gr.update(interactive=False)), None, vote_group,
-                                          queue=False)
+                button.click(vote, [battle, a_rater], [battle, reveal, *vote_group], queue=False)
+            a_new.click(ui.arena_new, None, [battle, bot_a, bot_b, reveal, *vote_group], cancels=[ea, eb],
+                        queue=False)
 
         with gr.Tab("Human evaluation (A-D)", id="rate"):
             gr.Markdown("Grade each answer the way the LaMini-LM paper did. You do not see which model wrote it; "

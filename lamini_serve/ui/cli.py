@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -67,13 +68,21 @@ def ui(ctx, endpoint, api_key_env, serve_models, herd, db, instructions, host, p
 
     Prints `lamini ui: open http://HOST:PORT` on standard output once the page is up.
     """
+    given = [p for p in ctx.params if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
     if ctx.invoked_subcommand is not None:
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} belongs to the page, not to "
+                                   f"`lamini ui {ctx.invoked_subcommand}`; put that command's own options after it")
         return
-    if serve_models or herd:
-        if endpoint:
-            raise click.UsageError("--endpoint and --serve/--herd exclude each other: the page uses the server "
-                                   "it starts")
+    if (serve_models or herd) and "endpoint" in given:
+        raise click.UsageError("--endpoint and --serve/--herd exclude each other: the page uses the server it starts")
+    if importlib.util.find_spec("gradio") is None:
+        raise LaminiError("lamini ui needs gradio, which is not installed; install it with: "
+                          "pip install 'lamini-serve[ui]'")
     credentials = _auth(auth)
+    if credentials is None and host not in ("127.0.0.1", "localhost", "::1"):
+        _err(f"lamini ui: warning: the page listens on {host} without --auth: anyone who reaches it may use the "
+             "endpoint (and its API key) through it")
     from lamini_serve.ui import instructions as instruction_sets
     from lamini_serve.ui.client import DEFAULT_ENDPOINT, Endpoint, api_key_from
     from lamini_serve.ui.store import Store
@@ -81,32 +90,55 @@ def ui(ctx, endpoint, api_key_env, serve_models, herd, db, instructions, host, p
     items = instruction_sets.load(instructions)
     store = Store(db)
     key = api_key_from(api_key_env)
-    server = None
+    served = bool(serve_models or herd)
+    started: list[subprocess.Popen] = []
+    # SIGTERM and SIGHUP (a closed terminal) stop the page, and the server it started, as Ctrl-C does.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        if serve_models or herd:
-            server, endpoint = _start_server(serve_models, herd, key)
+        if served:
+            endpoint = _start_server(serve_models, herd, key, started)
         _run(Endpoint(endpoint or DEFAULT_ENDPOINT, key, timeout), store, items, host, port, share, credentials,
              grade_repetition_penalty)
+    except KeyboardInterrupt:
+        _err("lamini ui: stopped")
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         store.close()
-        if server is not None:
-            _stop_server(server)
+        for proc in started:
+            _stop_server(proc)
 
 
-def _start_server(models, herd, key) -> tuple[subprocess.Popen, str]:
-    """`lamini serve` in its own process group on a free port; its messages go to our standard error."""
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux for SIGTERM when the parent dies, even by SIGKILL (elsewhere: nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _start_server(models, herd, key, started: list) -> str:
+    """`lamini serve` in its own process group on a free port (appended to `started` at once, so whatever
+    happens next stops it); its messages go to our standard error. Returns its URL."""
     cmd = [sys.executable, "-m", "lamini_serve", "serve", *models, "--host", "127.0.0.1", "--port", "0"]
     if herd:
         cmd += ["--herd", herd]
     env = dict(os.environ)
     if key:
         env["LAMINI_API_KEY"] = key
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+    started.append(proc)
     for line in proc.stdout:
         if line.startswith("lamini serve: listening on "):
-            url = line.split(" on ", 1)[1].strip()
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, url
+            return line.split(" on ", 1)[1].strip()
     code = proc.wait()
     raise LaminiError(f"lamini serve stopped (exit {code}) before it listened; its message is above")
 
@@ -150,15 +182,12 @@ def _run(endpoint, store, items, host, port, share, credentials, grade_penalty: 
     if getattr(demo, "share_url", None):
         _err(f"lamini ui: public link {demo.share_url}")
     _err(f"lamini ui: votes and grades go to {store.path}; Ctrl-C stops")
-    stopping = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
-        while not stopping.is_set():
+        while True:
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         _err("lamini ui: shutting down")
         demo.close()
 

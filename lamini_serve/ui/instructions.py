@@ -53,7 +53,7 @@ def _parse(text: str, where: str) -> tuple[Item, ...]:
         if not isinstance(instruction, str) or not instruction.strip():
             raise LaminiError(f'{where} row {n} has no "instruction" text; each row needs '
                               '{"instruction": "...", "input": "..." (optional)}')
-        item_id = str(row.get("id") or f"{n:04d}")
+        item_id = str(row["id"]) if row.get("id") is not None else f"#{n}"
         if item_id in seen:
             raise LaminiError(f'{where} row {n} repeats the id "{item_id}"; give each row its own id')
         seen.add(item_id)
@@ -66,13 +66,16 @@ def _parse(text: str, where: str) -> tuple[Item, ...]:
 
 def load(path: str | Path | None = None) -> InstructionSet:
     """The built-in set (None or "builtin"), or the JSONL file at `path`."""
+    # A set's name changes with its content, so answers stored for an edited set are not reused.
     if path is None or str(path) == BUILTIN:
         text = resources.files("lamini_serve.ui").joinpath("resources/instructions.jsonl").read_text("utf-8")
-        return InstructionSet(BUILTIN, _parse(text, "the built-in instruction set"))
+        return InstructionSet(f"{BUILTIN}-{_digest(text)}", _parse(text, "the built-in instruction set"))
     from lamini_serve.tables import read_text
 
     path = Path(path)
     text = read_text(path)
-    # The set's name changes with its content, so answers stored for an edited file are not reused.
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return InstructionSet(f"{path.stem}-{digest}", _parse(text, str(path)))
+    return InstructionSet(f"{path.stem}-{_digest(text)}", _parse(text, str(path)))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]

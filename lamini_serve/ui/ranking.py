@@ -153,7 +153,8 @@ def plot_leaderboard(board: Leaderboard, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 1.4 + 0.5 * max(n, 1)), dpi=120)
     y = np.arange(n)[::-1]
     has = ~np.isnan(board.lower)
-    err = np.vstack([board.rating - board.lower, board.upper - board.rating])
+    # (a percentile interval may leave out the point estimate itself: no negative bar lengths)
+    err = np.clip(np.vstack([board.rating - board.lower, board.upper - board.rating]), 0, None)
     ax.errorbar(board.rating[has], y[has], xerr=err[:, has], fmt="o", color="#3b75af", ecolor="#9bbbd9",
                 elinewidth=4, capsize=0)
     ax.plot(board.rating[~has], y[~has], "o", color="#3b75af")
@@ -225,6 +226,13 @@ def _csv(rows: list[dict], fields: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+PROVISIONAL = 10  # battles below which a model's rating is marked provisional
+
+
+def _interval(row: dict) -> str:
+    return "-" if math.isnan(row["lower"]) else f"{row['lower']:.0f} to {row['upper']:.0f}"
+
+
 def write_report(store, out: Path, *, rounds: int = 1000, seed: int = 0) -> dict[str, Path]:
     """Write the leaderboard's PNGs, CSVs and report.md under `out`; return {name: path}."""
     from lamini_serve.paths import atomic_write_text
@@ -246,8 +254,11 @@ def write_report(store, out: Path, *, rounds: int = 1000, seed: int = 0) -> dict
                        leaderboard_csv=out / "leaderboard.csv")
         lines += ["## Arena", "", "| rank | model | rating | 95% interval | battles | wins | ties | losses |",
                   "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['rank']} | {r['model']} | {r['rating']:.0f} | {r['lower']:.0f} to {r['upper']:.0f} | "
+        lines += [f"| {r['rank']} | {r['model']} | {r['rating']:.0f} | {_interval(r)} | "
                   f"{r['battles']} | {r['wins']} | {r['ties']} | {r['losses']} |" for r in rows]
+        if min(r["battles"] for r in rows) < PROVISIONAL:
+            lines += ["", f"Ratings from fewer than {PROVISIONAL} battles are provisional: one vote moves them by "
+                          "hundreds of points, and with few distinct outcomes the bootstrap interval is too narrow."]
         lines += ["", "![leaderboard](leaderboard.png)", "", "![win rates](winrate.png)", ""]
         vote_rows = [{"battle_id": v.battle_id, "model_a": v.model_a, "model_b": v.model_b, "winner": v.winner,
                       "rater": v.rater, "created": v.created, "settings": json.dumps(v.settings, sort_keys=True),

@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS answers (
     settings TEXT NOT NULL,
     endpoint TEXT NOT NULL,
     created REAL NOT NULL,
-    PRIMARY KEY (set_name, item_id, model)
+    PRIMARY KEY (set_name, item_id, model, settings)
 );
 CREATE TABLE IF NOT EXISTS ratings (
     set_name TEXT NOT NULL,
@@ -127,7 +127,14 @@ def check_file(path: Path) -> bool:
         raise _problem(path, "is not an SQLite database")
     # Ours sets its application id in the header and checkpoints it there at once, so another
     # program's file is told apart without opening it for anything but an immutable read.
-    if int.from_bytes(head[68:72], "big") != APPLICATION_ID:
+    app_id = int.from_bytes(head[68:72], "big")
+    if app_id != APPLICATION_ID:
+        if app_id != 0:
+            raise _problem(path, "is another program's SQLite database (its application id is not lamini ui's)")
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise _problem(path, "is another program's SQLite database, in use or not closed cleanly (it has a "
+                                 f"{wal.name} beside it)")
         try:
             con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
             try:
@@ -168,27 +175,34 @@ class Store:
         exists = check_file(self.path)
         if readonly:
             if not exists:
-                raise LaminiError(f"{self.path} does not exist; pass the --db that `lamini ui` wrote "
-                                  f"(default {default_db()})")
+                what = "is empty" if self.path.exists() else "does not exist"
+                raise LaminiError(f"{self.path} {what}; pass the --db that `lamini ui` wrote (default {default_db()})")
             return
-        with fixable_write_errors(self.path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = self._con()
-            con.execute("PRAGMA journal_mode = WAL")
-            with self._write() as c:
-                for stmt in filter(str.strip, _SCHEMA.split(";")):
-                    c.execute(stmt)
-                c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the application id into the file's header now
+        try:
+            with fixable_write_errors(self.path):
+                self._setup()
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise LaminiError(f"cannot use {self.path} as the votes database ({getattr(exc, 'strerror', None) or exc});"
+                              " pass a --db in a folder you can write") from None
+
+    def _setup(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._con()
+        con.execute("PRAGMA journal_mode = WAL")
+        with self._write() as c:
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                c.execute(stmt)
+            c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the application id into the file's header now
 
     # -- connections ------------------------------------------------------------------
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
             if self.readonly:
-                con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60,
-                                      isolation_level=None, check_same_thread=False)
+                con = self._readonly_con()
             else:
                 con = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
                 con.execute("PRAGMA synchronous = NORMAL")
@@ -198,20 +212,35 @@ class Store:
                 self._all.append(con)
         return con
 
+    def _readonly_con(self) -> sqlite3.Connection:
+        """Read-only; in a folder where SQLite cannot make its -shm file, an immutable read of the file."""
+        uri = self.path.resolve().as_uri()
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):
+            con = sqlite3.connect(uri + query, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+            try:
+                con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return con
+            except sqlite3.OperationalError:
+                con.close()
+        raise LaminiError(f"cannot read {self.path}; check its permissions and its folder's")
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         if self.readonly:
             raise LaminiError(f"{self.path} was opened read-only")
         con = self._con()
-        with fixable_write_errors(self.path):
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                if con.in_transaction:
-                    con.execute("ROLLBACK")
-                raise
+        try:
+            with fixable_write_errors(self.path):
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+        except sqlite3.OperationalError as exc:  # full disk, read-only file, a lock held for a minute
+            raise LaminiError(f"cannot write to {self.path} ({exc}); free space or pass another --db") from None
 
     def close(self) -> None:
         with self._lock:
@@ -250,20 +279,22 @@ class Store:
                      r[9], r[10]) for r in rows]
 
     # -- human evaluation -------------------------------------------------------------
-    def answer(self, set_name: str, item_id: str, model: str) -> str | None:
-        row = self._con().execute("SELECT answer FROM answers WHERE set_name = ? AND item_id = ? AND model = ?",
-                                  (set_name, item_id, model)).fetchone()
+    _ANSWER = "SELECT answer FROM answers WHERE set_name = ? AND item_id = ? AND model = ? AND settings = ?"
+
+    def answer(self, set_name: str, item_id: str, model: str, settings: dict) -> str | None:
+        """The stored answer of `model` to one item, made with these sampling settings."""
+        row = self._con().execute(self._ANSWER, (set_name, item_id, model, json.dumps(settings, sort_keys=True)))
+        row = row.fetchone()
         return row[0] if row else None
 
     def put_answer(self, set_name: str, item_id: str, model: str, instruction: str, answer: str,
                    settings: dict, endpoint: str = "") -> str:
         """Store an answer unless one is stored already; return the stored one (the first writer's)."""
+        key = json.dumps(settings, sort_keys=True)
         with self._write() as con:
             con.execute("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (set_name, item_id, model, instruction, answer, json.dumps(settings, sort_keys=True),
-                         endpoint, time.time()))
-            return con.execute("SELECT answer FROM answers WHERE set_name = ? AND item_id = ? AND model = ?",
-                               (set_name, item_id, model)).fetchone()[0]
+                        (set_name, item_id, model, instruction, answer, key, endpoint, time.time()))
+            return con.execute(self._ANSWER, (set_name, item_id, model, key)).fetchone()[0]
 
     def rate(self, set_name: str, item_id: str, model: str, rater: str, grade: str, *, instruction: str,
              answer: str, settings: dict, session: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import warnings
 
 import pytest
 
@@ -20,7 +19,7 @@ from lamini_serve.ui.app import UI, EVAL_SAMPLING, MAX_COLUMNS  # noqa: E402
 from lamini_serve.ui.client import Endpoint, Sampling, stream_all  # noqa: E402
 from lamini_serve.ui.store import Store  # noqa: E402
 
-warnings.filterwarnings("ignore", category=UserWarning, module="gradio")  # gr.Warning outside a page
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a page is a UserWarning
 
 
 async def collect(agen):
@@ -83,7 +82,7 @@ def test_side_by_side_sends_to_every_picked_model_keeps_turns_and_regenerates(tm
     with server as url:
         ui = make_ui(url, tmp_path)
         skipped = run(collect(ui.side_send("   ", ["teacher", "a"], {}, 0.7, 1.0, 32, None)))
-        assert skipped[-1][0] == {"__type__": "update"}  # nothing sent for an empty prompt
+        assert skipped[-1][0] == {"__type__": "update"} and server.requests == []  # nothing sent for an empty prompt
         frames = run(collect(ui.side_send("Hello there", ["teacher", "a"], {}, 0.7, 1.0, 32, 3)))
         assert "repetition_penalty" not in server.requests[-1]  # 1.0 is not sent: any endpoint takes it
         run(collect(ui.side_send("Hello there", ["teacher"], {}, 0.2, 0.9, 8, 5, 1.3)))
@@ -105,6 +104,17 @@ def test_side_by_side_sends_to_every_picked_model_keeps_turns_and_regenerates(tm
         assert len(hist3["a"]) == 4 and hist3["a"][2]["content"] == "And again?"
 
 
+def test_the_seed_box_is_empty_for_random_and_refuses_what_is_not_a_number():
+    import gradio as gr
+
+    from lamini_serve.ui.app import _sampling
+
+    assert _sampling(0.7, 1.0, 32, "").seed is None and _sampling(0.7, 1.0, 32, " 12 ").seed == 12
+    assert "seed" not in _sampling(0.7, 1.0, 32, None).request()
+    with pytest.raises(gr.Error):
+        _sampling(0.7, 1.0, 32, "twelve")
+
+
 def test_arena_pairs_are_random_and_a_vote_after_the_names_are_shown_does_not_count(tmp_path):
     with FakeOpenAIServer(models=("teacher", "a", "b")) as url:
         ui = make_ui(url, tmp_path)
@@ -116,7 +126,8 @@ def test_arena_pairs_are_random_and_a_vote_after_the_names_are_shown_does_not_co
         assert not battle["revealed"]
         # no vote before anything was asked
         assert ui.arena_vote("tie", None, "", "s")[0] == {"__type__": "update"}
-        revealed, text, _ = ui.arena_vote("model_b", battle, "alice", "sess-1")
+        revealed, text, *buttons = ui.arena_vote("model_b", battle, "alice", "sess-1")
+        assert len(buttons) == 4 and all(b["interactive"] is False for b in buttons)
         assert revealed["revealed"] and battle["a"] in text and battle["b"] in text and "recorded" in text
         # the names are shown now: voting again on the same round does not count
         again = ui.arena_vote("model_a", revealed, "alice", "sess-1")
@@ -139,7 +150,8 @@ def test_human_evaluation_answers_are_made_once_and_every_rater_grades_the_same_
         cur_a, cur_b = first[0], bob[0]
         assert cur_a["item"] == cur_b["item"] == "u001"
         assert dict(zip(cur_a["models"], cur_a["answers"])) == dict(zip(cur_b["models"], cur_b["answers"]))
-        stored = {m: server_ui.store.answer("builtin", "u001", m) for m in models}
+        stored = {m: server_ui.store.answer(server_ui.instructions.name, "u001", m, EVAL_SAMPLING.request())
+                  for m in models}
         assert dict(zip(cur_a["models"], cur_a["answers"])) == stored
         # the order is drawn per rater and item, and the same on a reload
         assert run(server_ui.eval_next("alice", models))[0]["models"] == cur_a["models"]
@@ -181,3 +193,33 @@ def test_the_leaderboard_tab_writes_the_report(tmp_path):
         summary, rows, board, heat, grades, downloads = ui.leaderboard()
         assert "1 arena votes" in summary and len(rows) == 2 and board.endswith("leaderboard.png")
         assert any(d.endswith("leaderboard.csv") for d in downloads)
+
+
+def test_arena_buttons_wake_only_when_both_answers_are_whole_and_a_failed_round_is_not_voted(tmp_path):
+    with FakeOpenAIServer(models=("good", "broken"), model_faults={"broken": "break"}, stream_delay=0.01) as url:
+        ui = make_ui(url, tmp_path)
+        frames = run(collect(ui.arena_send("Tell me a long story about a lighthouse keeper.", None, 0.7, 1.0,
+                                           64, None)))
+        for f in frames[:-1]:  # while anything streams, no vote button is on
+            assert [b["interactive"] for b in f[5:9]] == [False] * 4
+        battle, note = frames[-1][3], frames[-1][4]
+        assert battle["done"] and battle["failed"] and [b["interactive"] for b in frames[-1][5:9]] == [False] * 4
+        side = "A" if battle["a"] == "broken" else "B"
+        assert f"Model {side} could not answer" in note and "broken" not in note and "good" not in note
+        assert "error" not in str(battle["conv_a"] + battle["conv_b"])  # nothing of the error in the transcript
+        assert ui.arena_vote("model_a", battle, "", "s")[0] == {"__type__": "update"}
+        assert ui.arena_vote("model_a", {**battle, "done": False, "failed": False}, "", "s")[0] == \
+            {"__type__": "update"}  # a vote while answers stream does not count either
+        assert ui.store.votes() == []
+        again = run(collect(ui.arena_send("Another?", battle, 0.7, 1.0, 8, None)))
+        assert again[-1][3]["id"] != battle["id"]  # a new pair after a failed round
+
+
+def test_grades_go_to_the_rater_the_answers_were_dealt_to(tmp_path):
+    with FakeOpenAIServer(models=("teacher", "a")) as url:
+        ui = make_ui(url, tmp_path)
+        cur = run(ui.eval_next("alice", ["teacher", "a"]))[0]
+        out = run(ui.eval_submit("mallory", ["teacher", "a"], cur, "s", "A", "A", None, None, None, None))
+        assert out[0] == {"__type__": "update"} and ui.store.ratings() == []
+        run(ui.eval_submit("alice", ["teacher", "a"], cur, "s", "A", "B", None, None, None, None))
+        assert {r["rater"] for r in ui.store.ratings()} == {"alice"}

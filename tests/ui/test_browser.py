@@ -8,6 +8,7 @@ CI sets LAMINI_REQUIRE_BROWSER=1, so a missing browser fails there instead of sk
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import signal
@@ -30,11 +31,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 
 def _need_browser():
-    missing = None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing = "the playwright package"
+    missing = None if importlib.util.find_spec("playwright") else "the playwright package"
     if missing is None and not Path(CHROMIUM).exists():
         missing = f"{CHROMIUM} (apt-get install chromium)"
     if missing:
@@ -115,6 +112,35 @@ def test_side_by_side_arena_grades_and_leaderboard_in_a_real_browser(tiny_models
                 assert len({s[k] for s in seen if 0 < s[k] <= final[k]}) >= 2, [s[k] for s in seen]
             assert "first token" in stats[0] and "tokens/s" in stats[1]
             page.screenshot(path=str(shots / "side-by-side.png"), full_page=True)
+
+            # -- Clear, then Stop: the answers stop growing where they are ----------------------
+            page.click("#side-clear")
+            page.wait_for_function("() => !document.querySelector(\"#side-bot-0 [data-testid='user']\")")
+            page.click("#side-sampling button")
+            # greedy, and long enough to be stopped (the context is 512): the same long answers every run
+            for field, value in (("max-tokens", "400"), ("temperature", "0")):
+                page.locator(f"#side-{field} input[type=number]").fill(value)
+                page.locator(f"#side-{field} input[type=number]").press("Enter")
+            page.fill("#side-prompt textarea", "Tell me a long story.")
+            page.click("#side-send")
+            try:
+                page.wait_for_function("() => document.querySelector('#side-stats-0').innerText.includes('streaming')",
+                                       timeout=120000)
+            except Exception:
+                page.screenshot(path=str(shots / "stop-failed.png"), full_page=True)
+                raise
+            page.click("#side-stop")
+            time.sleep(0.5)
+            count = """() => [0, 1].map(k => {
+                const m = document.querySelectorAll(`#side-bot-${k} [data-testid='bot']`);
+                return m[m.length - 1].innerText.length; })"""
+            stopped = page.evaluate(count)
+            time.sleep(2)
+            assert page.evaluate(count) == stopped
+            page.screenshot(path=str(shots / "stopped.png"), full_page=True)
+            for k in (0, 1):  # cut short, and said so
+                assert "tokens/s" in page.inner_text(f"#side-stats-{k}") and "stopped" in page.inner_text(
+                    f"#side-stats-{k}")
 
             # -- arena: anonymous pair, vote, names shown ------------------------------------
             page.get_by_role("tab", name="Arena").click()

@@ -89,7 +89,9 @@ def test_an_answer_is_stored_once_and_every_later_writer_gets_the_first(tmp_path
         w.start()
     for w in workers:
         w.join()
-    assert len(set(got)) == 1 and store.answer("builtin", "u001", "smol") == got[0]
+    assert len(set(got)) == 1 and store.answer("builtin", "u001", "smol", {}) == got[0]
+    # other sampling settings are another answer
+    assert store.answer("builtin", "u001", "smol", {"temperature": 0.5}) is None
 
 
 def test_bad_values_are_refused(tmp_path):
@@ -146,6 +148,30 @@ def test_a_file_that_is_not_a_lamini_database_is_refused_and_left_untouched(tmp_
         assert res.returncode == 1 and "Traceback" not in res.stderr
         assert res.stderr.strip().startswith("Error:") and "left untouched" in res.stderr
     assert _digest(path) == before and not (tmp_path / "r").exists()
+
+
+def test_another_programs_empty_or_open_wal_database_is_refused_too(tmp_path):
+    marked = tmp_path / "marked.db"
+    con = sqlite3.connect(marked)
+    con.execute("PRAGMA application_id = 1234")  # no tables yet, but another program's
+    con.commit()
+    con.close()
+    before = _digest(marked)
+    with pytest.raises(LaminiError, match="another program"):
+        Store(marked)
+    assert _digest(marked) == before
+    # a program that has the file open in WAL mode: its tables are still in the -wal file only
+    live = tmp_path / "live.db"
+    other = sqlite3.connect(live)
+    other.execute("PRAGMA journal_mode = WAL")
+    other.execute("PRAGMA wal_autocheckpoint = 0")
+    other.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY)")
+    other.commit()
+    before = _digest(live)
+    with pytest.raises(LaminiError, match="in use or not closed cleanly"):
+        Store(live)
+    assert _digest(live) == before
+    other.close()
 
 
 def test_an_empty_file_becomes_a_database_and_a_reopened_one_keeps_its_votes(tmp_path):
