@@ -110,12 +110,19 @@ def test_killing_the_page_stops_the_server_it_started(tiny_models, tmp_path):
     assert not alive
 
 
-def test_the_page_opens_and_says_so_when_the_endpoint_is_down(tmp_path):
-    proc, url, err = start_ui("--endpoint", "http://127.0.0.1:9/v1", "--db", str(tmp_path / "v.db"))
+def test_the_page_opens_and_says_so_when_the_endpoint_is_down_and_asks_for_the_login(tmp_path):
+    proc, url, err = start_ui("--endpoint", "http://127.0.0.1:9/v1", "--db", str(tmp_path / "v.db"),
+                              "--auth", "alice:s3cret")
     try:
         page = httpx.get(url, timeout=30)
         assert page.status_code == 200
         assert "cannot reach http://127.0.0.1:9/v1" in "".join(err)
+        # --auth: nothing of the page's config without the login, and only the right password logs in
+        assert httpx.get(url + "/config", timeout=30).status_code == 401
+        assert httpx.post(url + "/login", data={"username": "alice", "password": "nope"}, timeout=30).status_code \
+            == 400
+        assert httpx.post(url + "/login", data={"username": "alice", "password": "s3cret"},
+                          timeout=30).status_code == 200
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 0
