@@ -28,6 +28,7 @@ from lamini_serve.ui.store import GRADE_MEANINGS, GRADES, WINNERS, Store, Vote  
 
 MAX_COLUMNS = 4   # side by side: 2 to 4 models
 MAX_SLOTS = 6     # human evaluation: answers graded per instruction
+EVAL_OUTPUTS = 2 + 2 * MAX_SLOTS + 2  # what the human evaluation's handlers update: see eval_next
 KEEP_REPORTS = 20  # leaderboard refreshes kept on disk
 # The human evaluation's answers: made once, greedy, with `lamini chat`'s repetition penalty, so every
 # rater sees the same answers (lamini ui --grade-repetition-penalty 1 for endpoints without that extension).
@@ -275,12 +276,13 @@ class UI:
         return [None, [], [], "", *[gr.update(interactive=False)] * len(WINNERS)]
 
     # -- human evaluation -------------------------------------------------------------
-    def eval_progress(self, rater: str, models) -> str:
+    def eval_progress(self, rater: str, models, rated: dict[str, set[str]] | None = None) -> str:
         total = len(self.instructions.items)
         models = set(models or [])
         lines = [f"Instruction set **{self.instructions.name}**: {total} instructions."]
         if rater:
-            rated = self.store.rated(self.instructions.name, rater)
+            if rated is None:
+                rated = self.store.rated(self.instructions.name, rater)
             full = sum(1 for i in self.instructions.items if models and models <= rated.get(i.id, set()))
             lines.append(f"**{rater}**: {full} of {total} instructions graded for the {len(models)} chosen models "
                          f"({sum(len(v) for v in rated.values())} answers graded in all).")
@@ -308,16 +310,15 @@ class UI:
         """The rater's next instruction: its answers, without names, in an order drawn for this rater."""
         rater = (rater or "").strip()
         models = list(models or [])[:MAX_SLOTS]
-        n_out = 2 + 2 * MAX_SLOTS + 2
         if not rater:
             gr.Warning("Type your name first: it keeps your progress.")
-            return [gr.skip()] * n_out
+            return [gr.skip()] * EVAL_OUTPUTS
         if not models:
             gr.Warning("Choose the models to grade.")
-            return [gr.skip()] * n_out
+            return [gr.skip()] * EVAL_OUTPUTS
         rated = self.store.rated(self.instructions.name, rater)
         item = next((i for i in self.instructions.items if not set(models) <= rated.get(i.id, set())), None)
-        progress = self.eval_progress(rater, models)
+        progress = self.eval_progress(rater, models, rated)
         if item is None:
             empty = [gr.update(visible=False)] * (2 * MAX_SLOTS)
             return [None, f"All {len(self.instructions.items)} instructions are graded. Thank you, {rater}!",
@@ -326,7 +327,7 @@ class UI:
             answers = await asyncio.gather(*(self.stored_answer(item, m) for m in models))
         except LaminiError as exc:
             gr.Warning(f"No answer to grade: {exc}")
-            return [gr.skip()] * n_out
+            return [gr.skip()] * EVAL_OUTPUTS
         order = list(range(len(models)))
         random.Random(f"{rater}\x00{self.instructions.name}\x00{item.id}").shuffle(order)
         current = {"item": item.id, "rater": rater, "models": [models[k] for k in order],
@@ -348,15 +349,15 @@ class UI:
         rater = (rater or "").strip()
         if not current:
             gr.Warning("Press *Start* to get an instruction first.")
-            return [gr.skip()] * (2 + 2 * MAX_SLOTS + 2)
+            return [gr.skip()] * EVAL_OUTPUTS
         if rater != current.get("rater"):
             gr.Warning(f"These answers were dealt to {current.get('rater')}: put that name back, or press "
                        "*Start / resume* under the new one.")
-            return [gr.skip()] * (2 + 2 * MAX_SLOTS + 2)
+            return [gr.skip()] * EVAL_OUTPUTS
         given = list(grades)[:len(current["models"])]
         if any(g not in GRADES for g in given):
             gr.Warning("Give every answer a grade (A, B, C or D) before you submit.")
-            return [gr.skip()] * (2 + 2 * MAX_SLOTS + 2)
+            return [gr.skip()] * EVAL_OUTPUTS
         item = self.instructions.get(current["item"])
         for model, answer, grade in zip(current["models"], current["answers"], given):
             self.store.rate(self.instructions.name, item.id, model, rater, grade, instruction=item.prompt,
@@ -365,26 +366,19 @@ class UI:
 
     # -- leaderboard ------------------------------------------------------------------
     def leaderboard(self):
-        from lamini_serve.ui.ranking import PROVISIONAL, write_report
+        from lamini_serve.ui.ranking import PROVISIONAL, interval_text, write_report
 
         out = self.report_dir / f"{time.time_ns()}-{uuid.uuid4().hex[:6]}"
-        files = write_report(self.store, out, rounds=self.rounds)
+        report = write_report(self.store, out, rounds=self.rounds)
         for old in sorted(self.report_dir.iterdir())[:-KEEP_REPORTS]:  # the newest few stay for downloads
             shutil.rmtree(old, ignore_errors=True)
-        rows = []
-        if "leaderboard_csv" in files:
-            import csv
-
-            with files["leaderboard_csv"].open() as f:
-                rows = [[r["rank"], r["model"], r["rating"],
-                         "-" if r["lower"] == "nan" else f"{r['lower']} to {r['upper']}",
-                         r["battles"] + (" (provisional)" if int(r["battles"]) < PROVISIONAL else ""),
-                         r["wins"], r["ties"], r["losses"]] for r in csv.DictReader(f)]
-        summary = files["report"].read_text().split("\n", 3)[2]
+        rows = [[r["rank"], r["model"], r["rating"], interval_text(r),
+                 f"{r['battles']}" + (" (provisional)" if r["battles"] < PROVISIONAL else ""),
+                 r["wins"], r["ties"], r["losses"]] for r in report.rows]
+        files = report.files
         downloads = [str(p) for k, p in files.items() if k.endswith("_csv") or k == "report"]
-        return (summary, rows, str(files["leaderboard"]) if "leaderboard" in files else None,
-                str(files["winrate"]) if "winrate" in files else None,
-                str(files["human_eval"]) if "human_eval" in files else None, downloads)
+        return (report.summary, rows, *(str(files[k]) if k in files else None
+                                        for k in ("leaderboard", "winrate", "human_eval")), downloads)
 
 
 def _sampling_controls(prefix: str):

@@ -218,9 +218,10 @@ def plot_grades(counts: dict[str, dict[str, int]], path: Path) -> None:
 
 
 # -- files ----------------------------------------------------------------------------
-def _csv(rows: list[dict], fields: Sequence[str]) -> str:
+def _csv(rows: list[dict]) -> str:
+    """CSV text of dict rows, the first row's keys as the header."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
@@ -229,12 +230,20 @@ def _csv(rows: list[dict], fields: Sequence[str]) -> str:
 PROVISIONAL = 10  # battles below which a model's rating is marked provisional
 
 
-def _interval(row: dict) -> str:
+def interval_text(row: dict) -> str:
+    """A leaderboard row's 95% interval as text ("-" without bootstrap rounds)."""
     return "-" if math.isnan(row["lower"]) else f"{row['lower']:.0f} to {row['upper']:.0f}"
 
 
-def write_report(store, out: Path, *, rounds: int = 1000, seed: int = 0) -> dict[str, Path]:
-    """Write the leaderboard's PNGs, CSVs and report.md under `out`; return {name: path}."""
+@dataclass
+class Report:
+    files: dict[str, Path]  # name -> what was written
+    summary: str            # one line: how many votes, ratings and raters
+    rows: list[dict]        # the leaderboard's rows (Leaderboard.rows), best first; empty without votes
+
+
+def write_report(store, out: Path, *, rounds: int = 1000, seed: int = 0) -> Report:
+    """Write the leaderboard's PNGs, CSVs and report.md under `out`."""
     from lamini_serve.paths import atomic_write_text
 
     out = Path(out)
@@ -242,19 +251,21 @@ def write_report(store, out: Path, *, rounds: int = 1000, seed: int = 0) -> dict
     ratings = store.ratings()
     written: dict[str, Path] = {}
     counts = grade_counts(ratings)
-    lines = ["# lamini ui report", "", f"From `{store.path}`: {len(votes)} arena votes, "
-             f"{len(ratings)} A-D ratings by {len({r['rater'] for r in ratings})} raters.", ""]
+    summary = (f"From `{store.path}`: {len(votes)} arena votes, {len(ratings)} A-D ratings by "
+               f"{len({r['rater'] for r in ratings})} raters.")
+    lines = ["# lamini ui report", "", summary, ""]
+    board_rows: list[dict] = []
     if votes:
         board = leaderboard(votes, rounds=rounds, seed=seed)
         plot_leaderboard(board, out / "leaderboard.png")
         plot_winrate(board, out / "winrate.png")
-        rows = board.rows()
-        atomic_write_text(out / "leaderboard.csv", _csv(rows, list(rows[0])))
+        rows = board_rows = board.rows()
+        atomic_write_text(out / "leaderboard.csv", _csv(rows))
         written.update(leaderboard=out / "leaderboard.png", winrate=out / "winrate.png",
                        leaderboard_csv=out / "leaderboard.csv")
         lines += ["## Arena", "", "| rank | model | rating | 95% interval | battles | wins | ties | losses |",
                   "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['rank']} | {r['model']} | {r['rating']:.0f} | {_interval(r)} | "
+        lines += [f"| {r['rank']} | {r['model']} | {r['rating']:.0f} | {interval_text(r)} | "
                   f"{r['battles']} | {r['wins']} | {r['ties']} | {r['losses']} |" for r in rows]
         if min(r["battles"] for r in rows) < PROVISIONAL:
             lines += ["", f"Ratings from fewer than {PROVISIONAL} battles are provisional: one vote moves them by "
@@ -264,7 +275,7 @@ def write_report(store, out: Path, *, rounds: int = 1000, seed: int = 0) -> dict
                       "rater": v.rater, "created": v.created, "settings": json.dumps(v.settings, sort_keys=True),
                       "prompt": next((m["content"] for m in v.conversation_a if m.get("role") == "user"), "")}
                      for v in votes]
-        atomic_write_text(out / "votes.csv", _csv(vote_rows, list(vote_rows[0])))
+        atomic_write_text(out / "votes.csv", _csv(vote_rows))
         written["votes_csv"] = out / "votes.csv"
     else:
         lines += ["No arena votes yet.", ""]
@@ -273,7 +284,7 @@ def write_report(store, out: Path, *, rounds: int = 1000, seed: int = 0) -> dict
         rows = [{"model": m, **c, "n": sum(c.values()),
                  **{f"{g}_share": round(c[g] / max(sum(c.values()), 1), 4) for g in GRADES}}
                 for m, c in counts.items()]
-        atomic_write_text(out / "human_eval.csv", _csv(rows, list(rows[0])))
+        atomic_write_text(out / "human_eval.csv", _csv(rows))
         written.update(human_eval=out / "human_eval.png", human_eval_csv=out / "human_eval.csv")
         lines += ["## Human evaluation (A-D)", "", "| model | A | B | C | D | n |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['A']} | {r['B']} | {r['C']} | {r['D']} | {r['n']} |" for r in rows]
@@ -282,4 +293,4 @@ def write_report(store, out: Path, *, rounds: int = 1000, seed: int = 0) -> dict
         lines += ["No A-D ratings yet.", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
     written["report"] = out / "report.md"
-    return written
+    return Report(written, summary, board_rows)

@@ -95,7 +95,7 @@ def test_the_report_writes_pngs_csvs_and_markdown_that_agree_with_the_votes(tmp_
         for model, grade in (("teacher", "A"), ("smol", "C"), ("smol", "D")):
             store.rate("builtin", "u001" if grade != "D" else "u002", model, "alice", grade, instruction="i",
                        answer="a", settings={}, session="s")
-        files = write_report(store, tmp_path / "report", rounds=100)
+        files = write_report(store, tmp_path / "report", rounds=100).files
     for name in ("leaderboard", "winrate", "human_eval"):
         assert files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(files["leaderboard_csv"].open()))
