@@ -172,7 +172,6 @@ class EndpointEngine:
         except openai.AuthenticationError:
             raise LaminiError(f"{self.url} refused the key; set LAMINI_API_KEY to the server's --api-key") from None
         except openai.APIStatusError as exc:
-            message = exc.message
-            body = exc.body if isinstance(exc.body, dict) else {}
-            message = (body.get("error") or body).get("message", message) if isinstance(body.get("error", body), dict) else message
-            raise LaminiError(f"{self.url} answered {exc.status_code}: {message}") from None
+            from lamini_serve.teacher.client import status_error_message
+
+            raise LaminiError(f"{self.url} answered {exc.status_code}: {status_error_message(exc)}") from None

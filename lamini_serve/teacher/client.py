@@ -141,6 +141,12 @@ def error_message(body: str, limit: int = 300) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
+def status_error_message(exc) -> str:
+    """`error_message` of an openai client's APIStatusError: the body the server sent, else the client's words."""
+    text = exc.response.text
+    return error_message(text) if text else exc.message
+
+
 def _retry_after(headers) -> float | None:
     value = headers.get("retry-after")
     if value is None:

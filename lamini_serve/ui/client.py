@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator
 
 from lamini_serve.errors import LaminiError
 
@@ -131,25 +131,21 @@ def _error_text(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, (asyncio.TimeoutError, openai.APITimeoutError)):
         return f"no answer for {timeout:g} s; the model timed out"
     if isinstance(exc, openai.APIStatusError):
-        try:
-            msg = exc.body.get("message") if isinstance(exc.body, dict) else None
-        except Exception:  # noqa: BLE001
-            msg = None
-        return f"{exc.status_code}: {msg or exc.message}"
+        from lamini_serve.teacher.client import status_error_message
+
+        return f"{exc.status_code}: {status_error_message(exc)}"
     if isinstance(exc, openai.APIConnectionError):
         return "the connection to the endpoint broke"
     return f"{type(exc).__name__}: {exc}"
 
 
 async def stream_one(client, state: StreamState, messages: list[dict], sampling: Sampling, changed: asyncio.Event,
-                     timeout: float, stop: Sequence[str] = ()) -> None:
+                     timeout: float) -> None:
     """Stream one chat completion into `state`, setting `changed` at every step."""
     try:
-        kwargs = dict(model=state.model, messages=messages, stream=True, stream_options={"include_usage": True},
-                      **sampling.kwargs())
-        if stop:
-            kwargs["stop"] = list(stop)
-        stream = await asyncio.wait_for(client.chat.completions.create(**kwargs), timeout)
+        stream = await asyncio.wait_for(client.chat.completions.create(
+            model=state.model, messages=messages, stream=True, stream_options={"include_usage": True},
+            **sampling.kwargs()), timeout)
         it = stream.__aiter__()
         counted = 0
         try:
@@ -182,13 +178,13 @@ async def stream_one(client, state: StreamState, messages: list[dict], sampling:
 
 
 async def stream_all(endpoint: Endpoint, conversations: dict[str, list[dict]], sampling: Sampling,
-                     stop: Sequence[str] = (), interval: float = 0.05) -> AsyncIterator[list[StreamState]]:
+                     interval: float = 0.05) -> AsyncIterator[list[StreamState]]:
     """Stream every model's answer at once; yield all states whenever one moves (at most every `interval` s)."""
     client = endpoint.client()
     states = [StreamState(model) for model in conversations]
     changed = asyncio.Event()
-    tasks = [asyncio.create_task(stream_one(client, s, conversations[s.model], sampling, changed, endpoint.timeout,
-                                            stop)) for s in states]
+    tasks = [asyncio.create_task(stream_one(client, s, conversations[s.model], sampling, changed, endpoint.timeout))
+             for s in states]
     try:
         while True:
             await changed.wait()
