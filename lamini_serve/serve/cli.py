@@ -11,6 +11,10 @@ import threading
 import click
 
 
+LISTENING = "lamini serve: listening on "  # then the URL: the one line scripts wait for on standard output
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # addresses only this machine reaches
+
+
 def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -71,7 +75,7 @@ def serve(models, herd, engines, teacher, host, port, api_key, threads, max_batc
 def _serve(registry, models, herd, engines, teacher, host, port, api_key, threads, max_batch, max_waiting,
            max_tokens, max_n, max_body, cors_origins, vllm_args, kv_cache_gib):
     planned = registry.plan(models, herd, engines, teacher, log=_err)
-    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+    if not api_key and host not in LOCAL_HOSTS:
         _err(f"lamini serve: warning: listening on {host} without an API key: anyone who reaches it may use it; "
              "set --api-key or LAMINI_API_KEY")
     width = max(len(p.name) for p in planned)
@@ -135,7 +139,7 @@ async def _run(app, engines, sock, host, with_key: bool, example: str) -> None:
                 return
             await asyncio.sleep(0.02)
         url = _url(host, sock.getsockname()[1])
-        sys.stdout.write(f"lamini serve: listening on {url}\n")
+        sys.stdout.write(f"{LISTENING}{url}\n")
         sys.stdout.flush()
         _err(f"Serving {len(engines)} model{'s' if len(engines) != 1 else ''} on {url}")
         auth = ' -H "Authorization: Bearer $LAMINI_API_KEY"' if with_key else ""

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from lamini_serve.errors import LaminiError
+from lamini_serve.serve.cli import LISTENING, LOCAL_HOSTS
 
 
 def _err(msg: str) -> None:
@@ -80,7 +81,7 @@ def ui(ctx, endpoint, api_key_env, serve_models, herd, db, instructions, host, p
         raise LaminiError("lamini ui needs gradio, which is not installed; install it with: "
                           "pip install 'lamini-serve[ui]'")
     credentials = _auth(auth)
-    if credentials is None and host not in ("127.0.0.1", "localhost", "::1"):
+    if credentials is None and host not in LOCAL_HOSTS:
         _err(f"lamini ui: warning: the page listens on {host} without --auth: anyone who reaches it may use the "
              "endpoint (and its API key) through it")
     from lamini_serve.ui import instructions as instruction_sets
@@ -136,9 +137,9 @@ def _start_server(models, herd, key, started: list) -> str:
                             preexec_fn=_die_with_parent)
     started.append(proc)
     for line in proc.stdout:
-        if line.startswith("lamini serve: listening on "):
+        if line.startswith(LISTENING):
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return line.split(" on ", 1)[1].strip()
+            return line[len(LISTENING):].strip()
     code = proc.wait()
     raise LaminiError(f"lamini serve stopped (exit {code}) before it listened; its message is above")
 
@@ -210,6 +211,6 @@ def report(db, out, rounds, seed):
     from lamini_serve.ui.store import Store
 
     with Store(db, readonly=True) as store:
-        files = write_report(store, out, rounds=rounds, seed=seed)
-    for name, path in files.items():
+        written = write_report(store, out, rounds=rounds, seed=seed)
+    for name, path in written.files.items():
         click.echo(f"{name:<16} {path}")

@@ -105,6 +105,12 @@ def _problem(path: Path, what: str) -> LaminiError:
     return LaminiError(f"{path} {what}; it was left untouched: pass another --db (or move that file away)")
 
 
+def _read(path: Path, mode: str, *queries: str) -> list:
+    """The first value of each query, on a connection opened with URI parameters `mode` (never for writing)."""
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)) as con:
+        return [con.execute(q).fetchone()[0] for q in queries]
+
+
 def check_file(path: Path) -> bool:
     """True when `path` is a lamini ui database, False when it does not exist (or is empty).
 
@@ -136,23 +142,14 @@ def check_file(path: Path) -> bool:
             raise _problem(path, "is another program's SQLite database, in use or not closed cleanly (it has a "
                                  f"{wal.name} beside it)")
         try:
-            con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
-            try:
-                tables = con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-            finally:
-                con.close()
+            (tables,) = _read(path, "mode=ro&immutable=1", "SELECT COUNT(*) FROM sqlite_master")
         except sqlite3.DatabaseError as exc:
             raise _problem(path, f"is a damaged SQLite database ({exc})") from None
         if tables:
             raise _problem(path, "is another program's SQLite database, not a lamini ui one")
         return False  # an empty SQLite file: ours to set up
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            ok = con.execute("PRAGMA quick_check").fetchone()[0]
-        finally:
-            con.close()
+        version, ok = _read(path, "mode=ro", "PRAGMA user_version", "PRAGMA quick_check")
     except sqlite3.DatabaseError as exc:
         raise _problem(path, f"is a damaged lamini ui database ({exc})") from None
     if ok != "ok":
