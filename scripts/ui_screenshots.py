@@ -20,19 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+from lamini_serve.testing import browser as ui_page
+from lamini_serve.serve.cli import LISTENING
+from lamini_serve.testing.procs import Lines
 
 
 def start(cmd: list[str], marker: str, timeout: float = 600) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        if line.startswith(marker):
-            return proc, line.split()[-1]
-        if time.monotonic() > deadline:
-            break
-    raise SystemExit(f"{' '.join(cmd)} did not print {marker!r}")
+    try:
+        return proc, Lines(proc.stdout).wait_for(marker, timeout)
+    except (TimeoutError, EOFError) as exc:
+        stop(proc)
+        raise SystemExit(f"{' '.join(cmd)}: {exc}") from None
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -48,7 +47,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/img")
     ap.add_argument("--port", type=int, default=7870)
     ap.add_argument("--prompt", default="Give three tips for staying healthy.")
-    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--chromium", default=ui_page.CHROMIUM)
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -58,13 +57,13 @@ def main() -> None:
     py = [sys.executable, "-m", "lamini_serve"]
     server, base = start([*py, "serve", "embedded", f"{name}={args.student}", f"{name}-int8={args.export}",
                           "--engine", "teacher=torch", "--engine", f"{name}=torch", "--port", "0"],
-                         "lamini serve: listening on ")
+                         LISTENING)
     db = Path(tempfile.mkdtemp()) / "votes.db"
     page_proc, url = start([*py, "ui", "--endpoint", base, "--db", str(db), "--port", str(args.port)],
                            "lamini ui: open ")
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=FLAGS)
+            browser = ui_page.launch(p, args.chromium)
             page = browser.new_page(viewport={"width": 1500, "height": 950})
             page.goto(url)
             page.wait_for_function("() => document.body.innerText.includes('3 models')", timeout=60000)
@@ -72,11 +71,7 @@ def main() -> None:
             page.locator("#side-models input").click()
             page.get_by_role("option", name=f"{name}-int8").click()
             page.keyboard.press("Escape")
-            page.click("#side-sampling button")
-            for field, value in (("temperature", "0"), ("max-tokens", "128"), ("repetition-penalty", "1.2")):
-                box = page.locator(f"#side-{field} input[type=number]")
-                box.fill(value)
-                box.press("Enter")
+            ui_page.set_sampling(page, "side", temperature=0, max_tokens=128, repetition_penalty=1.2)
             page.fill("#side-prompt textarea", args.prompt)
             page.click("#side-send")
             page.wait_for_function("""() => [0, 1, 2].every(k => {
@@ -94,34 +89,20 @@ def main() -> None:
                        "How can I improve my sleep?", "Suggest four names for a coffee shop that also sells books.",
                        "Explain how a rainbow forms.", "What is 15% of 80?"]
             for k, prompt in enumerate(prompts):
-                page.fill("#arena-prompt textarea", prompt)
-                page.click("#arena-send")
-                page.wait_for_function("() => !document.querySelector('#vote-model_a').disabled", timeout=300000)
+                ui_page.arena_round(page, prompt, timeout=300000)
                 if k == len(prompts) - 1:
                     page.screenshot(path=str(out / "ui-arena.png"), full_page=True)
                 # a scripted voter that prefers the longer answer, to fill the leaderboard
-                lengths = page.evaluate("""() => ['a', 'b'].map(s => {
-                    const m = document.querySelectorAll(`#arena-${s} [data-testid='bot']`);
-                    return m.length ? m[m.length - 1].innerText.length : 0; })""")
-                vote = "model_a" if lengths[0] > lengths[1] * 1.1 else "model_b" if lengths[1] > lengths[0] * 1.1 \
-                    else "tie"
-                page.click(f"#vote-{vote}")
-                page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('recorded')")
+                lengths = ui_page.answer_lengths(page, ["arena-a", "arena-b"])
+                ui_page.vote(page, "model_a" if lengths[0] > lengths[1] * 1.1 else
+                             "model_b" if lengths[1] > lengths[0] * 1.1 else "tie")
 
-            page.get_by_role("tab", name="Human evaluation (A-D)").click()
-            page.fill("#rate-name textarea", "docs")
-            page.click("#rate-start")
-            page.wait_for_selector("#rate-grade-2", state="visible", timeout=300000)
+            ui_page.start_grading(page, "docs", answers=3, timeout=300000)
             page.screenshot(path=str(out / "ui-human-eval.png"), full_page=True)
-            for k, g in enumerate(("A: valid", "C: relevant", "B: acceptable")):
-                page.locator(f"#rate-grade-{k}").get_by_text(g).click()
-            page.click("#rate-submit")
-            page.wait_for_function("() => document.querySelector('#rate-progress').innerText.includes('1 of 72')",
-                                   timeout=300000)
+            ui_page.grade(page, ["A: valid", "C: relevant", "B: acceptable"])
+            ui_page.submit_grades(page, "1 of 72", timeout=300000)
 
-            page.get_by_role("tab", name="Leaderboard").click()
-            page.click("#board-refresh")
-            page.wait_for_selector("#board-png img", timeout=60000)
+            ui_page.refresh_leaderboard(page)
             time.sleep(1)
             page.screenshot(path=str(out / "ui-leaderboard.png"), full_page=True)
             browser.close()

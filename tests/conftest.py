@@ -9,11 +9,9 @@ into the real cache (the LAMINI_HOME the test run started with, default
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 import venv
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from lamini_serve.paths import lamini_home  # noqa: E402
+from lamini_serve.testing.procs import Lines  # noqa: E402
 
 REAL_HOME = lamini_home()  # read once, before any test changes LAMINI_HOME
 TF5_REQUIREMENTS = ["transformers==5.19.0", "jinja2"]
@@ -166,31 +165,18 @@ def serve(tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "lamini_serve", "serve", *args, "--port", "0"],
                                 stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=full_env,
                                 start_new_session=True)
-        lines: queue.Queue = queue.Queue()
-        seen: list[str] = []
-
-        def read():
-            for line in proc.stdout:
-                seen.append(line)
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=read, daemon=True).start()
-        served = Served("", "", proc, log, seen)
+        lines = Lines(proc.stdout)
+        served = Served("", "", proc, log, lines.seen)
         started.append(served)
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"lamini serve printed no listening line in {timeout}s:\n{served.stderr()[-3000:]}")
-            if line is None:
-                proc.wait(10)
-                raise AssertionError(f"lamini serve exited ({proc.returncode}):\n{served.stderr()[-3000:]}")
-            if line.startswith("lamini serve: listening on "):
-                served.base_url = line.split(" on ", 1)[1].strip()
-                served.url = served.base_url.removesuffix("/v1")
-                break
+        try:
+            served.base_url = lines.wait_for("lamini serve: listening on ", timeout)
+        except TimeoutError:
+            raise AssertionError(f"lamini serve printed no listening line in {timeout}s:\n{served.stderr()[-3000:]}")
+        except EOFError:
+            proc.wait(10)
+            raise AssertionError(f"lamini serve exited ({proc.returncode}):\n{served.stderr()[-3000:]}")
+        served.url = served.base_url.removesuffix("/v1")
         if health:
             while time.monotonic() < deadline:
                 try:

@@ -116,11 +116,17 @@ class FakeOpenAIServer:
     def app(self):
         from aiohttp import web
 
-        async def handle(request: "web.Request"):
-            raw = await request.read()
+        def refused(request: "web.Request"):
+            """A 401 when the server has a key and the request does not carry it; else None."""
             if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 self.served["401"] += 1
                 return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
+            return None
+
+        async def handle(request: "web.Request"):
+            raw = await request.read()
+            if (no := refused(request)) is not None:
+                return no
             kind = "chat" if request.path.endswith("/chat/completions") else "completion"
             try:
                 body = json.loads(raw)
@@ -172,8 +178,8 @@ class FakeOpenAIServer:
             return web.Response(body=data, content_type="application/json")
 
         async def models(request: "web.Request"):
-            if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-                return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
+            if (no := refused(request)) is not None:
+                return no
             return web.json_response({"object": "list", "data": [
                 {"id": m, "object": "model", "created": 0, "owned_by": "fake",
                  "role": "teacher" if k == 0 else "student"} for k, m in enumerate(self.models)]})

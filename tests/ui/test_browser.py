@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import queue
 import signal
 import socket
 import sqlite3
@@ -22,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from lamini_serve.testing import browser as ui_page
+from lamini_serve.testing.procs import Lines
 from tests.conftest import lamini_root, run_lamini
 
 pytestmark = pytest.mark.slow
-CHROMIUM = os.environ.get("LAMINI_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+CHROMIUM = os.environ.get("LAMINI_CHROMIUM", ui_page.CHROMIUM)
 
 
 def _need_browser():
@@ -57,21 +56,15 @@ def start_ui(*args: str, timeout: float = 120) -> tuple[subprocess.Popen, str, l
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "lamini_serve", "ui", *args, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines: queue.Queue = queue.Queue()
     err: list[str] = []
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
     threading.Thread(target=lambda: [err.append(x) for x in proc.stderr], daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("lamini ui printed no 'open' line:\n" + "".join(err)[-3000:])
-        if line is None:
-            raise AssertionError(f"lamini ui exited ({proc.wait(10)}):\n" + "".join(err)[-3000:])
-        if line.startswith("lamini ui: open "):
-            return proc, line.split(" open ", 1)[1].strip(), err
+    try:
+        return proc, Lines(proc.stdout).wait_for("lamini ui: open ", timeout), err
+    except TimeoutError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("lamini ui printed no 'open' line:\n" + "".join(err)[-3000:]) from None
+    except EOFError:
+        raise AssertionError(f"lamini ui exited ({proc.wait(10)}):\n" + "".join(err)[-3000:]) from None
 
 
 def test_side_by_side_arena_grades_and_leaderboard_in_a_real_browser(tiny_models, serve, tmp_path, shots):
@@ -83,7 +76,7 @@ def test_side_by_side_arena_grades_and_leaderboard_in_a_real_browser(tiny_models
     proc, url, ui_err = start_ui("--endpoint", served.base_url, "--db", str(db))
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            browser = ui_page.launch(p, CHROMIUM)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
             page.wait_for_selector("#side-models", timeout=60000)
@@ -95,9 +88,7 @@ def test_side_by_side_arena_grades_and_leaderboard_in_a_real_browser(tiny_models
             seen: list[tuple[int, int]] = []
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                lengths = page.evaluate("""() => [0, 1].map(k => {
-                    const m = document.querySelectorAll(`#side-bot-${k} [data-testid='bot']`);
-                    return m.length ? m[m.length - 1].innerText.length : 0; })""")
+                lengths = ui_page.answer_lengths(page, ["side-bot-0", "side-bot-1"])
                 stats = [page.inner_text(f"#side-stats-{k}") for k in (0, 1)]
                 seen.append(tuple(lengths))
                 if all("tokens/s" in s and "streaming" not in s for s in stats):
@@ -116,11 +107,8 @@ def test_side_by_side_arena_grades_and_leaderboard_in_a_real_browser(tiny_models
             # -- Clear, then Stop: the answers stop growing where they are ----------------------
             page.click("#side-clear")
             page.wait_for_function("() => !document.querySelector(\"#side-bot-0 [data-testid='user']\")")
-            page.click("#side-sampling button")
             # greedy, and long enough to be stopped (the context is 512): the same long answers every run
-            for field, value in (("max-tokens", "400"), ("temperature", "0")):
-                page.locator(f"#side-{field} input[type=number]").fill(value)
-                page.locator(f"#side-{field} input[type=number]").press("Enter")
+            ui_page.set_sampling(page, "side", max_tokens=400, temperature=0)
             page.fill("#side-prompt textarea", "Tell me a long story.")
             page.click("#side-send")
             try:
@@ -131,12 +119,9 @@ def test_side_by_side_arena_grades_and_leaderboard_in_a_real_browser(tiny_models
                 raise
             page.click("#side-stop")
             time.sleep(0.5)
-            count = """() => [0, 1].map(k => {
-                const m = document.querySelectorAll(`#side-bot-${k} [data-testid='bot']`);
-                return m[m.length - 1].innerText.length; })"""
-            stopped = page.evaluate(count)
+            stopped = ui_page.answer_lengths(page, ["side-bot-0", "side-bot-1"])
             time.sleep(2)
-            assert page.evaluate(count) == stopped
+            assert ui_page.answer_lengths(page, ["side-bot-0", "side-bot-1"]) == stopped
             page.screenshot(path=str(shots / "stopped.png"), full_page=True)
             for k in (0, 1):  # cut short, and said so
                 assert "tokens/s" in page.inner_text(f"#side-stats-{k}") and "stopped" in page.inner_text(
@@ -144,36 +129,23 @@ def test_side_by_side_arena_grades_and_leaderboard_in_a_real_browser(tiny_models
 
             # -- arena: anonymous pair, vote, names shown ------------------------------------
             page.get_by_role("tab", name="Arena").click()
-            page.fill("#arena-prompt textarea", "Write a haiku about autumn leaves.")
-            page.click("#arena-send")
-            page.wait_for_function("() => !document.querySelector('#vote-model_a').disabled", timeout=120000)
+            ui_page.arena_round(page, "Write a haiku about autumn leaves.", timeout=120000)
             assert "tiny-" not in page.inner_text("#arena-reveal")  # no names before the vote
-            page.click("#vote-model_a")
-            page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('recorded')",
-                                   timeout=30000)
-            reveal = page.inner_text("#arena-reveal")
+            reveal = ui_page.vote(page, "model_a")
             assert "tiny-llama" in reveal and "tiny-gpt2" in reveal
             page.wait_for_function("() => document.querySelector('#vote-model_b').disabled", timeout=30000)
             page.screenshot(path=str(shots / "arena.png"), full_page=True)
 
             # -- human evaluation: grade both answers of the first instruction -----------------
-            page.get_by_role("tab", name="Human evaluation (A-D)").click()
-            page.fill("#rate-name textarea", "ci-rater")
-            page.click("#rate-start")
-            page.wait_for_selector("#rate-grade-1", state="visible", timeout=120000)
+            ui_page.start_grading(page, "ci-rater", answers=2, timeout=120000)
             assert "u001" in page.inner_text("#rate-instruction")
             assert "tiny-" not in page.inner_text("#rate-answer-0")  # no names on the answers
-            page.locator("#rate-grade-0").get_by_text("A: valid").click()
-            page.locator("#rate-grade-1").get_by_text("C: relevant").click()
+            ui_page.grade(page, ["A: valid", "C: relevant"])
             page.screenshot(path=str(shots / "human-eval.png"), full_page=True)
-            page.click("#rate-submit")
-            page.wait_for_function("() => document.querySelector('#rate-progress').innerText.includes('1 of 72')",
-                                   timeout=120000)
+            ui_page.submit_grades(page, "1 of 72", timeout=120000)
 
             # -- leaderboard ------------------------------------------------------------------
-            page.get_by_role("tab", name="Leaderboard").click()
-            page.click("#board-refresh")
-            page.wait_for_selector("#board-png img", timeout=60000)
+            ui_page.refresh_leaderboard(page)
             assert "tiny-" in page.inner_text("#board-table")
             page.screenshot(path=str(shots / "leaderboard.png"), full_page=True)
             browser.close()
