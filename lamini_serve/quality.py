@@ -64,9 +64,9 @@ def perplexity(model, tok, spec, instructions: Sequence[str], answers: Sequence[
 
     from lamini_serve.train.data import IGNORE, CausalCollator
 
-    collate = CausalCollator(pad_id=0)  # padding is masked out and labelled -100
     if spec.family is not Family.CAUSAL:
         raise ValueError("perplexity is measured with a decoder-only model (the teacher)")
+    collate = CausalCollator(pad_id=0)  # padding is masked out and labelled -100
     rows = []
     for inst, ans, end in zip(instructions, answers, ended):
         prompt = tok(spec.prompt(inst, tok), add_special_tokens=spec.add_special_tokens)["input_ids"]
