@@ -375,10 +375,21 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(small):
         while _gauge(small, "slow") != 0:
             assert time.perf_counter() - left < 0.5, "the row kept decoding after its client left"
             time.sleep(0.01)
-    # one slot, one waiting place: two requests at once both get served only if the slot is free
+    # one slot, one waiting place: a second request waits, and both are served, only if the first got
+    # the freed slot. (The second is sent once the first runs: sent together, the second could find the
+    # first still queued on a busy machine, which is a full queue however free the slot is.)
+    def ask(tokens):
+        return httpx.post(small.base_url + "/completions", timeout=60, json={
+            "model": "slow", "prompt": "hi", "max_tokens": tokens, "ignore_eos": True}).status_code
+
     with cf.ThreadPoolExecutor(2) as pool:
-        codes = list(pool.map(lambda _: httpx.post(small.base_url + "/completions", timeout=60, json={
-            "model": "slow", "prompt": "hi", "max_tokens": 3}).status_code, range(2)))
+        first = pool.submit(ask, 200)
+        deadline = time.perf_counter() + 30
+        while _gauge(small, "slow") != 1 and not first.done():
+            assert time.perf_counter() < deadline, "the first request never started"
+            time.sleep(0.01)
+        second = pool.submit(ask, 3)
+        codes = [first.result(), second.result()]
     assert codes == [200, 200]
 
 
