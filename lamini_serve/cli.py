@@ -43,6 +43,7 @@ def _register() -> None:
     from lamini_serve.chat import chat
     from lamini_serve.data.cli import data
     from lamini_serve.engines.setup import setup
+    from lamini_serve.eval.cli import eval as eval_cmd
     from lamini_serve.export.cli import export
     from lamini_serve.serve.cli import serve
     from lamini_serve.teacher.cli import teacher
@@ -57,6 +58,7 @@ def _register() -> None:
     cli.add_command(serve)
     cli.add_command(setup)
     cli.add_command(ui)
+    cli.add_command(eval_cmd)
 
 
 _register()

@@ -112,10 +112,10 @@ def check_exportable(spec: ModelSpec) -> None:
         )
 
 
-def checkpoint_sha256(folder: Path) -> str:
+def checkpoint_sha256(folder: Path, suffixes: tuple[str, ...] = (".safetensors", ".bin")) -> str:
     """One hash over the checkpoint's weight and config files, in name order."""
     h = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name == "config.json"))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in suffixes or p.name == "config.json"))
     for p in files:
         h.update(p.name.encode() + b"\0")
         with open(p, "rb") as f:

@@ -184,7 +184,7 @@ def _herd(root: Path) -> list[Planned]:
 
     recipe_teacher = None
     if not root.is_dir():
-        recipe = _recipe(root)
+        recipe = herd_recipe(root)
         root, recipe_teacher = Path(recipe.output), recipe.teacher
         if not root.is_dir():
             raise LaminiError(f"--herd {recipe.source}: its herd {root} is not trained yet; "
@@ -215,7 +215,7 @@ def _herd(root: Path) -> list[Planned]:
     return out
 
 
-def _recipe(arg: Path):
+def herd_recipe(arg: Path):
     """The recipe `--herd` names when it is not a folder (a YAML file or a shipped name)."""
     from lamini_serve.train.recipe import load_recipe, shipped_recipes
 

@@ -64,7 +64,8 @@ def fake_instructions(prompt: str, n: int) -> list[str]:
 def prompt_text(kind: str, body: dict) -> str:
     if kind == "chat":
         return "\n".join(m.get("content", "") for m in body.get("messages", []))
-    return body.get("prompt", "")
+    prompt = body.get("prompt", "")
+    return prompt if isinstance(prompt, str) else json.dumps(prompt)  # a list of prompts or of token ids
 
 
 def role_of(kind: str, body: dict) -> str:
