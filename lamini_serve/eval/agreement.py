@@ -44,13 +44,18 @@ Grade the response with one letter:
 Reply with the letter alone (A, B, C or D)."""
 # the grade: a capital A-D, alone or after "Grade:"/"Rating:", followed by nothing, punctuation or a new line
 # ("B", "(C).", "Grade: A - good", "D\nThe answer...") but not a word that starts a sentence ("A good answer")
-_GRADE = re.compile(r"^[\s\"'*(\[]*(?:(?i:grade|rating|rate)\s*[:=-]?\s*)?[\"'*(\[]*([ABCD])(?=[\s\"'*]*$|[\s\"'*]*[.):,;!\]\-\n])")
+_GRADE = re.compile(r"^[\s\"'*(\[]*(?:(?i:grade|rating|rate)[\s*]*[:=]?[\s*]*)?[\"'*(\[]*([ABCD])"
+                    r"(?=[\"'*)\]]*(?:\s*$|[.:,;!]|\s+-\s|\s*\n))")
+_OTHER = re.compile(r"(?<![\w'])[ABCD](?![\w'])")
 
 
 def parse_grade(text: str) -> str:
-    """"A".."D", or UNPARSED for anything that is not one grade."""
+    """"A".."D", or UNPARSED for anything that is not one grade ("A, B or C" is not one)."""
     m = _GRADE.match(text or "")
-    return m.group(1) if m else UNPARSED
+    if not m:
+        return UNPARSED
+    rest = text[m.end():].split("\n", 1)[0]
+    return UNPARSED if _OTHER.search(rest) else m.group(1)
 
 
 def judge_prompt(instruction: str, response: str) -> str:
@@ -78,20 +83,17 @@ class EngineResponder(Responder):
         self.name, self.engine = name, engine
 
     def answer(self, prompts: Sequence[str], max_tokens: int) -> list[str]:
-        from lamini_serve.engines.base import Request
+        from lamini_serve.engines.base import EngineError
+        from lamini_serve.eval.lms import bounded
         from lamini_serve.generation import SamplingParams
 
         eng = self.engine
         params = SamplingParams(max_new_tokens=max_tokens, stop=tuple(eng.default_stops))
-
-        async def one(i: int, prompt: str) -> str:
-            req = Request(f"agree-{i}", eng.chat_ids([{"role": "user", "content": prompt}]), params, strip=True)
-            return "".join([d.text async for d in eng.generate(req)])
-
-        async def all_():
-            return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-
-        return list(asyncio.run(all_()))
+        try:
+            jobs = [(eng.chat_ids([{"role": "user", "content": p}]), params) for p in prompts]
+        except EngineError as exc:
+            raise LaminiError(f"{self.name}: {exc}") from None
+        return [t.strip() for t in asyncio.run(bounded(eng, jobs))]
 
     def close(self) -> None:
         self.engine.close()

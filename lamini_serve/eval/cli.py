@@ -79,7 +79,7 @@ def eval(ctx, models, herd, task_spec, limit, batch_size, device, out, teacher_n
     if not models and herd is None:
         raise click.UsageError("name models to score (-m embedded -m runs/herd/smol-6l) or a herd (--herd RECIPE)")
     _need_lm_eval()
-    bs: Any = batch_size if batch_size == "auto" else int(batch_size) if batch_size.isdigit() else None
+    bs: Any = batch_size if batch_size == "auto" else int(batch_size) if batch_size.isdigit() and int(batch_size) else None
     if bs is None:
         raise click.BadParameter("a positive number or auto", param_hint="--batch-size")
     api_key = os.environ.get(api_key_env)
@@ -120,16 +120,16 @@ def plan_models(models, herd, teacher_name, tokenizers, prompt_mode, bases, api_
         m.prompted = {"auto": has_format, "model": True, "raw": False}[prompt_mode]
         out.append(m)
     if herd is not None:
-        found = _bases(herd, out, prompt_mode)
-        out += found if bases else []
+        out += _bases(herd, out, prompt_mode, score=bases)
     return out
 
 
-def _bases(herd, models, prompt_mode):
-    """Each herd student's base model (a hub id or a folder), scored on the raw text."""
+def _bases(herd, models, prompt_mode, score: bool = True):
+    """Each herd student's base model (a hub id or a folder), recorded on the student; with `score`,
+    the base models themselves, scored on the raw text (a base two students share, once)."""
     from lamini_serve.eval.runner import EvalModel
     from lamini_serve.models import ModelSpec
-    from lamini_serve.train.herd import HERD_FILE
+    from lamini_serve.train.herd import HERD_FILE, herd_index
 
     root = Path(herd)
     if not root.is_dir():
@@ -139,7 +139,9 @@ def _bases(herd, models, prompt_mode):
     try:
         index = json.loads((root / HERD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return []
+        index = {}
+    if not index.get("students"):
+        index = {**index, **herd_index(root)}
     by_name = {m.name: m for m in models}
     out, seen = [], set()
     for s in index.get("students", []):
@@ -147,7 +149,7 @@ def _bases(herd, models, prompt_mode):
         for m in models:
             if m.name == s["name"] or m.of == s["name"]:
                 m.extra["base"] = base
-        if not base or " " in base or base in seen or s["name"] not in by_name:
+        if not score or not base or " " in base or base in seen or s["name"] not in by_name:
             continue  # "teacher layers", "from config": no base model of its own
         seen.add(base)
         try:
@@ -188,7 +190,7 @@ def run(models, herd, task_spec, limit, batch_size, device, out, teacher_name, t
             raise LaminiError("the agreement compares models with a teacher, and none is scored; add one "
                               "(-m embedded, or --teacher NAME) or pass --no-agreement")
         iset = load_instructions(instructions, _herd_data(herd), max_instructions)
-    judge_model = _judge_model(judge, ms, api_key) if iset is not None and judge != "none" else None
+    judge_model = _judge_model(judge, ms, teacher, api_key) if iset is not None and judge != "none" else None
     hashes = {}
     outcome = None
     ag = jd = None
@@ -231,7 +233,8 @@ def _agreement(ms, teacher, iset, out: Path, max_tokens: int, judge_model, prog)
     key = {"instructions": iset.name, "max_tokens": max_tokens, "prompt": "model", "decoding": "greedy"}
     answers: dict[str, list[str]] = {}
     for m in [teacher] + [m for m in ms if m is not teacher]:
-        texts = A.cached(out, "answers", m.name, key)
+        mkey = {**key, **m.identity()}
+        texts = A.cached(out, "answers", m.name, mkey)
         if texts is None:
             try:
                 responder = A.load_responder(m)
@@ -245,7 +248,7 @@ def _agreement(ms, teacher, iset, out: Path, max_tokens: int, judge_model, prog)
                 _err(f"lamini eval: {m.name} gave no answers: {exc}")
                 prog.advance(ok=False, n=2 if judge_model else 1)
                 continue
-            A.store(out, "answers", m.name, key, texts)
+            A.store(out, "answers", m.name, mkey, texts)
         answers[m.name] = texts
         prog.advance()
     ag = {"teacher": teacher.name, "instructions": iset.name, "n": len(iset.prompts), "max_tokens": max_tokens,
@@ -256,7 +259,8 @@ def _agreement(ms, teacher, iset, out: Path, max_tokens: int, judge_model, prog)
     responder = None
     try:
         for name, texts in answers.items():
-            jkey = {**key, "judge": judge_model.name, "judge_source": judge_model.source, "answers": A.digest(texts)}
+            jkey = {**key, "judge": judge_model.name, **{f"judge_{k}": v for k, v in judge_model.identity().items()},
+                    "answers": A.digest(texts)}
             replies = A.cached(out, "judge", name, jkey)
             if replies is None:
                 responder = responder or A.load_responder(judge_model)
@@ -270,13 +274,15 @@ def _agreement(ms, teacher, iset, out: Path, max_tokens: int, judge_model, prog)
     return ag, jd
 
 
-def _judge_model(arg: str, ms, api_key):
+def _judge_model(arg: str, ms, teacher, api_key):
     from lamini_serve.eval.runner import EvalModel
     from lamini_serve.serve.registry import is_url
 
     by_name = {m.name: m for m in ms}
     if arg in by_name:
         return by_name[arg]
+    if arg == "teacher" and teacher is not None:  # the default: whichever model is the teacher (--teacher NAME)
+        return teacher
     if is_url(arg):
         base_url, _, served = arg.partition("#")
         if not served:

@@ -70,10 +70,13 @@ def engine_lm(engine):
         def eot_token_id(self) -> int:
             return self.tokenizer.eos_token_id
 
+        @property
+        def prefix_token_id(self) -> int:  # what an empty context becomes, as HFLM picks it
+            bos = self.tokenizer.bos_token_id
+            return bos if bos is not None else self.tokenizer.eos_token_id
+
         def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-            # None: what the tokenizer adds by default (a BOS, T5's </s>), as HFLM and the endpoint path do
-            special = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
-            return list(self.tokenizer(string, return_token_type_ids=False, **special)["input_ids"])
+            return encode(self.tokenizer, string, add_special_tokens)
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
             if not self.engine.is_decoder_only:
@@ -82,7 +85,8 @@ def engine_lm(engine):
             out = []
             for _, ctx, cont in requests:
                 ids = (list(ctx) + list(cont))[-limit:]  # left-truncated, as HFLM does
-                lps = self.engine.scheduler.score(ids, 1)[-len(cont):]
+                scored = min(len(cont), len(ids) - 1)  # the first token of the window has no log-probability
+                lps = self.engine.scheduler.score(ids, 1)[len(ids) - scored:]
                 total = sum(lp.logprob for lp in lps)
                 greedy = all(lp.top and lp.top[0][0] == lp.token_id for lp in lps)
                 out.append((float(total), bool(greedy)))
@@ -104,20 +108,47 @@ def engine_lm(engine):
     return _EngineLM()
 
 
+def encode(tokenizer, text: str, add_special_tokens: bool | None = None) -> list[int]:
+    """lm-eval's tokenization rule (HFLM's): None means what the tokenizer adds by default (a BOS,
+    T5's </s>), unless the text already starts with the BOS text (a chat template that writes it)."""
+    if add_special_tokens is None and tokenizer.bos_token and text.startswith(tokenizer.bos_token):
+        add_special_tokens = False
+    special = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+    return list(tokenizer(text, return_token_type_ids=False, **special)["input_ids"])
+
+
+async def bounded(engine, jobs: Sequence[tuple[list[int], Any]], limit: int | None = None) -> list[str]:
+    """Each (prompt ids, SamplingParams) through an in-process engine, at most `limit` in flight
+    (the engine's batch: more would only wait in its bounded queue); the prompt is left-truncated
+    to leave room for the answer. An engine error becomes a one-line LaminiError."""
+    from lamini_serve.engines.base import EngineError, Request
+
+    gate = asyncio.Semaphore(limit or getattr(engine.scheduler, "max_batch", 32))
+    room = engine.context_length
+
+    async def one(i: int, ids: list[int], params) -> str:
+        keep = max(1, room - params.max_new_tokens)
+        async with gate:
+            req = Request(f"eval-{i}", list(ids)[-keep:], params)
+            try:
+                return "".join([d.text async for d in engine.generate(req)])
+            except EngineError as exc:
+                raise LaminiError(f"{engine.name}: {exc}") from None
+
+    return list(await asyncio.gather(*(one(i, ids, p) for i, (ids, p) in enumerate(jobs))))
+
+
 async def _generate_all(engine, args: Sequence[tuple[list[int], dict]]) -> list[str]:
-    from lamini_serve.engines.base import Request
     from lamini_serve.generation import SamplingParams
 
-    async def one(i: int, ids: list[int], kw: dict) -> str:
+    jobs = []
+    for ids, kw in args:
         until = kw.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
-        params = SamplingParams(max_new_tokens=int(kw.get("max_gen_toks", 256)),
-                                temperature=float(kw.get("temperature", 0.0)) if kw.get("do_sample") else 0.0,
-                                stop=tuple(until))
-        req = Request(f"eval-{i}", ids, params)
-        return "".join([d.text async for d in engine.generate(req)])
-
-    return list(await asyncio.gather(*(one(i, c, dict(kw)) for i, (c, kw) in enumerate(args))))
+        jobs.append((ids, SamplingParams(max_new_tokens=int(kw.get("max_gen_toks", 256)),
+                                         temperature=float(kw.get("temperature", 0.0)) if kw.get("do_sample") else 0.0,
+                                         stop=tuple(until))))
+    return await bounded(engine, jobs)
 
 
 class NoLoglikelihood(LaminiError):
@@ -145,11 +176,26 @@ def endpoint_lm(base_url: str, model: str, tokenizer_path: str, api_key: str | N
     """lm-eval's `local-completions` against an OpenAI-compatible server, token-id prompts."""
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-    return LocalCompletionsAPI(model=model, base_url=base_url.rstrip("/") + "/completions", tokenizer=tokenizer_path,
-                               tokenizer_backend="huggingface", tokenized_requests=True, num_concurrent=1,
-                               max_retries=2, batch_size=batch_size, max_length=max_length,
-                               add_bos_token=True,  # the tokenizer's own special tokens, as HFLM adds them
-                               auth_token=api_key or "EMPTY", timeout=600)
+    class _Completions(LocalCompletionsAPI):
+        """Tokenizes as HFLM does (`encode`), so the endpoint scores the same token ids."""
+
+        def tok_encode(self, string, left_truncate_len=None, add_special_tokens=None, truncation=False, **kwargs):
+            if not isinstance(string, str):
+                return [self.tok_encode(x, left_truncate_len, add_special_tokens) for x in string]
+            ids = encode(self.tokenizer, string, add_special_tokens)
+            return ids[-left_truncate_len:] if left_truncate_len else ids
+
+        @property
+        def prefix_token_id(self) -> int:
+            bos = self.tokenizer.bos_token_id
+            return bos if bos is not None else self.tokenizer.eos_token_id
+
+    lm = _Completions(model=model, base_url=base_url.rstrip("/") + "/completions", tokenizer=tokenizer_path,
+                      tokenizer_backend="huggingface", tokenized_requests=True, num_concurrent=1,
+                      max_retries=2, batch_size=batch_size, max_length=max_length,
+                      auth_token=api_key or "EMPTY", timeout=600)
+    lm.add_bos_token = None  # its generation then tokenizes with the tokenizer's defaults too
+    return lm
 
 
 def probe_endpoint(base_url: str, model: str, token_ids: list[int], api_key: str | None) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def published(model: dict) -> str | None:
     source, base = str(model.get("source", "")).lower(), str(model.get("base") or "").lower()
     if source in LAMINI_IDS:
         return LAMINI_IDS[source]
-    if model.get("role") == "base" and source in PAPER_MODELS:
+    if source in PAPER_MODELS:  # the base model itself, however it was named on the command line
         return PAPER_MODELS[source][0]
     if model.get("role") in ("student", "export") and base in PAPER_MODELS:
         return PAPER_MODELS[base][1]
@@ -90,12 +90,15 @@ def build(models: Sequence[dict], tasks: Sequence[dict], scores: Sequence[dict],
             "value": s["value"], "metric": s["metric"], "stderr": s.get("stderr"), "n": s.get("n"),
             "task_version": s.get("task_version"), "model_hash": s.get("model_hash")}
     names = [t["name"] for t in tasks]
+    paper15 = [t for t in _PAPER_COLUMNS if t != "average"]
     averages = {}
     for m in models:
         row = table.get(m["name"], {})
         done = [row[t]["value"] for t in names if t in row]
         averages[m["name"]] = {"value": sum(done) / len(done) if done else None, "tasks": len(done),
                                "complete": len(done) == len(names)}
+        if all(t in row for t in paper15):  # comparable with the paper's average only over its 15 tasks, all run
+            averages[m["name"]]["paper15"] = sum(row[t]["value"] for t in paper15) / 15
     models = [{**m, "published": published(m)} for m in order_models(models)]
     if judge:
         judge = {**judge, "warning": judge_warning(judge)}
@@ -134,9 +137,9 @@ def markdown(rep: dict[str, Any]) -> str:
                   f"Scores in percent (lm-eval {rep.get('lm_eval_version') or '?'}, zero-shot"
                   + (f", first {rep['settings']['limit']} documents of each task" if rep["settings"].get("limit") else "")
                   + "). Average: the plain mean over the tasks; `*` marks a model that did not complete them all.", ""]
-        paper = rep.get("paper") and any(m.get("published") for m in models)
+        paper = any("paper15" in a for a in rep["averages"].values())
         head = ["model", "role", "prompt"] + [f"{t['label']} ({t['metric']})" for t in tasks] + ["average"]
-        head += ["paper's average (15 tasks)"] if paper else []
+        head += ["average of the paper's 15", "published (Wu et al.)"] if paper else []
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in models:
             row = table.get(m["name"], {})
@@ -146,13 +149,14 @@ def markdown(rep: dict[str, Any]) -> str:
             cells.append(_pct(avg["value"]) + ("" if avg["complete"] else "*"))
             if paper:
                 row_name = m.get("published")
+                cells.append(_pct(avg.get("paper15")))
                 cells.append(f"{PAPER_RESULTS[row_name]['average']:.1f} ({row_name})" if row_name else "")
             lines.append("| " + " | ".join(cells) + " |")
         lines += [""]
         hashes = [f"- `{m['name']}`: {m.get('source')} ({m['kind']}), sha256 {str(m.get('hash') or 'n/a')[:16]}"
                   for m in models]
-        versions = ", ".join(f"{t['name']} v{t.get('version', '?')}" for t in tasks)
-        lines += ["Models:", "", *hashes, "", f"Task versions: {versions}.", ""]
+        versions = ", ".join(f"{t['name']} v{t['version']}" for t in tasks if t.get("version") is not None)
+        lines += ["Models:", "", *hashes, ""] + ([f"Task versions: {versions}.", ""] if versions else [])
     if rep.get("paper"):
         cols = [c for c in _PAPER_COLUMNS if c != "average" and c in {t["name"] for t in tasks}]
         lines += ["## The paper's published numbers", "", f"From {rep['paper']['source']}; percent.", "",

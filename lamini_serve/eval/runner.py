@@ -43,12 +43,21 @@ class EvalModel:
         return self.spec.prompt_format.value if (self.prompted and self.spec is not None) else "raw"
 
     def hash(self) -> str | None:
-        """sha256 over the weight files (an endpoint: its local folder's), None for a hub id not downloaded."""
-        if self.spec is None or not self.spec.is_local:
-            return None
-        from lamini_serve.export.exporter import checkpoint_sha256
+        """sha256 over the weight files (an endpoint: its local folder's), None for a hub id not
+        downloaded; computed once."""
+        if "hash" not in self.extra:
+            self.extra["hash"] = None
+            if self.spec is not None and self.spec.is_local:
+                from lamini_serve.export.exporter import checkpoint_sha256
 
-        return checkpoint_sha256(Path(self.spec.path), (".safetensors", ".bin", ".onnx", ".onnx_data", ".data"))
+                self.extra["hash"] = checkpoint_sha256(Path(self.spec.path),
+                                                       (".safetensors", ".bin", ".onnx", ".onnx_data", ".data"))
+        return self.extra["hash"]
+
+    def identity(self) -> dict[str, Any]:
+        """What a stored result of this model must match to be reused (a retrained or replaced model
+        under the same name is scored again)."""
+        return {"source": self.source, "served": self.served, "hash": self.hash() or self.source}
 
 
 @dataclass
@@ -61,7 +70,7 @@ class Settings:
     def key(self, model: EvalModel, task: TaskRef) -> dict[str, Any]:
         """What a stored score must match to be reused."""
         return {"limit": self.limit, "prompt": "raw" if task.raw_text else model.prompt, "kind": model.kind,
-                "task": task.digest or task.name}
+                "task": task.digest or task.name, **model.identity()}
 
 
 def score_path(out: Path, model: str, task: str) -> Path:
@@ -171,10 +180,16 @@ def record(model: EvalModel, task: TaskRef, settings: Settings, res: dict[str, A
 
     name = task.name
     raw = res["results"][name]
-    metrics = {k.split(",")[0]: v for k, v in raw.items()
-               if "," in k and not k.split(",")[0].endswith("_stderr") and isinstance(v, (int, float))}
-    stderr = {k.split(",")[0][:-len("_stderr")]: v for k, v in raw.items()
-              if k.split(",")[0].endswith("_stderr") and isinstance(v, (int, float))}
+    metrics: dict[str, float] = {}
+    stderr: dict[str, float] = {}
+    for k, v in raw.items():  # "acc,none", "acc_stderr,none": a task with several filters keeps its first
+        if "," not in k or not isinstance(v, (int, float)):
+            continue
+        metric = k.split(",")[0]
+        if metric.endswith("_stderr"):
+            stderr.setdefault(metric[:-len("_stderr")], v)
+        else:
+            metrics.setdefault(metric, v)
     metric = task.metric or next(iter(metrics), "")
     if metric not in metrics:
         raise LaminiError(f"{name}: lm-eval reported no {metric} (it gave {', '.join(metrics) or 'nothing'})")
@@ -250,12 +265,14 @@ def _evaluate(models, tasks, out, settings, progress, log) -> Outcome:
                 if not todo:
                     continue
                 built = build_lm(model, settings, loglikelihood=False)
-        except LaminiError as exc:
+        except Exception as exc:  # noqa: BLE001  a model that will not load must not stop the others
+            why = str(exc) if isinstance(exc, LaminiError) else f"it did not load ({type(exc).__name__}: {exc})"
+            why = why.strip().splitlines()[0][:400] if why.strip() else type(exc).__name__
             for t in todo:
-                result.failures.append((model.name, t.name, str(exc)))
+                result.failures.append((model.name, t.name, why))
                 if progress:
                     progress.advance(ok=False)
-            log(f"lamini eval: {model.name}: {exc}")
+            log(f"lamini eval: {model.name}: {why}")
             continue
         model_hash = model.hash()
         for task in todo:
@@ -275,6 +292,9 @@ def _evaluate(models, tasks, out, settings, progress, log) -> Outcome:
             result.scores.append(rec)
             if progress:
                 progress.advance()
+        engine = getattr(built[1], "engine", None)
+        if engine is not None:
+            engine.close()  # its scheduler thread would keep the session (and its memory) alive
         del built
     return result
 

@@ -42,6 +42,8 @@ def test_an_unknown_task_names_the_close_matches():
     ("**A**", "A"), ("C\nThe response is relevant but wrong.", "C"), ("D: invalid", "D"),
     ("A good answer would mention water.", A.UNPARSED), ("Dear Hiring Manager,", A.UNPARSED),
     ("", A.UNPARSED), ("E", A.UNPARSED), ("I think it is B", A.UNPARSED), ("AB", A.UNPARSED),
+    ("**Grade:** B", "B"), ("Grade: C.", "C"), ("A, B or C", A.UNPARSED), ("B-movie quality", A.UNPARSED),
+    ("D - invalid", "D"), ("A: A: A: A:", A.UNPARSED),
 ])
 def test_grades_parse_only_when_they_are_one_grade(reply, grade):
     assert A.parse_grade(reply) == grade
@@ -115,10 +117,17 @@ def test_models_are_matched_with_the_papers_rows():
     assert report.published({"source": "runs/herd/x", "role": "student", "base": "google/flan-t5-large"}) \
         == "LaMini-Flan-T5-783M"
     assert report.published({"source": "runs/herd/smol-6l", "role": "student", "base": "teacher layers"}) is None
-    ts = [{"name": "sst2", "label": "SST", "metric": "acc"}]
-    models = [{"name": "gpt2-xl", "role": "base", "kind": "torch", "source": "gpt2-xl", "prompt": "raw"}]
-    md = report.markdown(report.build(models, ts, [_score("gpt2-xl", "sst2", 0.5)], []))
-    assert "| gpt2-xl | base | raw | 50.0 | 50.0 | 53.0 (GPT-2 XL (1.5B)) |" in md
+    assert report.published({"source": "openai-community/gpt2-xl", "role": "student"}) == "GPT-2 XL (1.5B)"
+    paper = [n for n in tasks.PAPER_TASKS]
+    ts = [{"name": n, "label": n, "metric": "acc"} for n in paper]
+    models = [{"name": "gpt2-xl", "role": "base", "kind": "torch", "source": "gpt2-xl", "prompt": "raw"},
+              {"name": "half", "role": "student", "kind": "torch", "source": "x", "prompt": "chat"}]
+    scores = [_score("gpt2-xl", n, 0.5) for n in paper] + [_score("half", n, 0.5) for n in paper[:7]]
+    md = report.markdown(report.build(models, ts, scores, []))
+    assert "| 50.0 | 50.0 | 53.0 (GPT-2 XL (1.5B)) |" in md  # our average of the 15 beside the published one
+    assert "| half | student | chat | " + " | ".join(["50.0"] * 7 + ["-"] * 8) + " | 50.0* | - |  |" in md
+    md = report.markdown(report.build(models, ts[:1], scores[:1], []))
+    assert "published (Wu et al.)" not in md.split("## The paper")[0]  # one task is no basis for comparison
 
 
 def test_a_judge_that_grades_everything_alike_is_called_out():
