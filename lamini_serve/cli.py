@@ -45,6 +45,7 @@ def _register() -> None:
     from lamini_serve.engines.setup import setup
     from lamini_serve.eval.cli import eval as eval_cmd
     from lamini_serve.export.cli import export
+    from lamini_serve.quickstart import quickstart
     from lamini_serve.serve.cli import serve
     from lamini_serve.teacher.cli import teacher
     from lamini_serve.train.cli import train
@@ -59,6 +60,7 @@ def _register() -> None:
     cli.add_command(setup)
     cli.add_command(ui)
     cli.add_command(eval_cmd)
+    cli.add_command(quickstart)
 
 
 _register()

@@ -34,6 +34,8 @@ def _err(msg: str) -> None:
 @click.option("--api-key", envvar="LAMINI_API_KEY", default=None,
               help="Require `Authorization: Bearer KEY` on every route but /health and the API docs "
                    "(default: $LAMINI_API_KEY; none: open).")
+@click.option("--require-api-key", is_flag=True, envvar="LAMINI_REQUIRE_API_KEY",
+              help="Refuse to start without an API key (the Docker image's default: it listens on 0.0.0.0).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Cores the in-process models share (default: all).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
@@ -51,8 +53,8 @@ def _err(msg: str) -> None:
               help="Pass ARG to NAME's vLLM server, e.g. --vllm-arg 'teacher=--max-model-len 2048' (repeatable).")
 @click.option("--kv-cache-gib", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
               help="GPU memory for each vLLM model's KV cache.")
-def serve(models, herd, engines, teacher, host, port, api_key, threads, max_batch, max_waiting, max_tokens, max_n,
-          max_body, cors_origins, vllm_args, kv_cache_gib):
+def serve(models, herd, engines, teacher, host, port, api_key, require_api_key, threads, max_batch, max_waiting,
+          max_tokens, max_n, max_body, cors_origins, vllm_args, kv_cache_gib):
     """Serve models behind one OpenAI-compatible endpoint (/v1/chat/completions, /v1/completions).
 
     \b
@@ -68,6 +70,9 @@ def serve(models, herd, engines, teacher, host, port, api_key, threads, max_batc
     """
     from lamini_serve.serve import registry
 
+    if require_api_key and not api_key:
+        raise registry.UsageProblem("no API key, and this server requires one (--require-api-key): set LAMINI_API_KEY "
+                                    "or pass --api-key KEY")
     _serve(registry, models, herd, engines, teacher, host, port, api_key, threads, max_batch, max_waiting,
            max_tokens, max_n, max_body, cors_origins, vllm_args, kv_cache_gib)
 
