@@ -4,18 +4,39 @@ then a rerun that finds every stage done."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
+from lamini_serve.testing.procs import Lines
 from tests.conftest import run_lamini
+
+
+def _interrupt_in(stage: str, out, after: float = 5.0) -> int:
+    """Start the tiny quickstart, Ctrl-C it `after` seconds into `stage`; its exit status."""
+    proc = subprocess.Popen([sys.executable, "-m", "lamini_serve", "quickstart", "--tiny", "--yes", "--no-ui",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"), start_new_session=True)
+    lines = Lines(proc.stderr)
+    lines.wait_for(f"lamini quickstart: {stage} ...", 600)
+    time.sleep(after)
+    os.killpg(proc.pid, signal.SIGINT)
+    return proc.wait(120)
 
 
 @pytest.mark.slow
 def test_tiny_quickstart_runs_every_stage_and_summarizes(teacher_home, tmp_path):
     out = tmp_path / "qs"
+    assert _interrupt_in("train", out) == 130  # Ctrl-C mid-training: "Interrupted.", and the rerun goes on
+    assert not (out / ".quickstart" / "train.json").exists()
     r = run_lamini("quickstart", "--tiny", "--yes", "--no-ui", "--out", str(out), env={"HF_HUB_OFFLINE": "1"},
                    timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert "data: done before, skipped" in r.stderr and "train: done before" not in r.stderr
     summ = json.loads((out / "summary.json").read_text())
     names = [row["model"] for row in summ["rows"]]
     assert names == ["teacher", "smol-6l", "smol-6l-int8", "t5-tiny", "t5-tiny-int8"]
