@@ -26,7 +26,8 @@ STAGES = ("data", "train", "export", "eval", "speed")
 
 def quickstart(out: Path, aim: str | None, after: float) -> dict:
     cmd = [sys.executable, "-m", "lamini_serve", "quickstart", "--tiny", "--yes", "--no-ui", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job
     seen, t_aim = [], None
     os.set_blocking(proc.stderr.fileno(), False)
     buf = ""

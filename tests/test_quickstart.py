@@ -20,7 +20,9 @@ def _interrupt_in(stage: str, out, after: float = 5.0) -> int:
     """Start the tiny quickstart, Ctrl-C it `after` seconds into `stage`; its exit status."""
     proc = subprocess.Popen([sys.executable, "-m", "lamini_serve", "quickstart", "--tiny", "--yes", "--no-ui",
                              "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"), start_new_session=True)
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"), start_new_session=True,
+                            # a background job (nohup ... &) ignores SIGINT, and so would its children
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = Lines(proc.stderr)
     lines.wait_for(f"lamini quickstart: {stage} ...", 600)
     time.sleep(after)
