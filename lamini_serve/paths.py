@@ -277,9 +277,12 @@ def folder_lock(folder: Path) -> Iterator[Path]:
                 folder.rmdir()  # only succeeds when empty
 
 
-def dir_size(path: Path) -> int:
-    """Total bytes of the regular files under `path`."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+def dir_size(path: Path, skip: tuple[str, ...] = (), follow_links: bool = True) -> int:
+    """Total bytes of the regular files under `path`, leaving out any under a folder named in `skip`
+    (and symlinked files unless `follow_links`)."""
+    root = Path(path)
+    return sum(p.stat().st_size for p in root.rglob("*")
+               if p.is_file() and (follow_links or not p.is_symlink()) and not set(skip) & set(p.relative_to(root).parts))
 
 
 def human_size(n: float) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lamini_serve.errors import LaminiError
-from lamini_serve.paths import atomic_write_text
+from lamini_serve.paths import atomic_write_text, dir_size
 
 STAGES = ("teacher", "data", "train", "export", "eval", "speed")
 
@@ -204,11 +204,6 @@ def measure_speed(s: Settings, raw: dict, new_tokens: int = 32, prompts: int = 3
     return speeds
 
 
-def folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and not p.is_symlink()
-               and ".work" not in p.parts and "checkpoints" not in p.parts)
-
-
 def summary(s: Settings) -> dict[str, Any]:
     """Each model: size on disk, tokens/s, agreement with the teacher, local-task score, files."""
     raw = write_recipe(s)
@@ -222,7 +217,7 @@ def summary(s: Settings) -> dict[str, Any]:
     rows = []
     for name, folder in models(s, raw):
         avg = averages.get(name) or {}
-        rows.append({"model": name, "size_mb": round(folder_size(folder) / 1e6, 1), "tokens_per_s": speed.get(name),
+        rows.append({"model": name, "size_mb": round(dir_size(folder, skip=(".work", "checkpoints"), follow_links=False) / 1e6, 1), "tokens_per_s": speed.get(name),
                      "rouge_l": (agreement.get(name) or {}).get("rouge_l"),
                      "local_tasks": avg.get("value"), "local_tasks_complete": avg.get("complete"),
                      "path": str(folder)})

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,25 +27,23 @@ STAGES = ("data", "train", "export", "eval", "speed")
 
 def quickstart(out: Path, aim: str | None, after: float) -> dict:
     cmd = [sys.executable, "-m", "lamini_serve", "quickstart", "--tiny", "--yes", "--no-ui", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's job
-    seen, t_aim = [], None
-    os.set_blocking(proc.stderr.fileno(), False)
-    buf = ""
+    lines: list[str] = []  # stderr, read by a thread so that the wait below never blocks on the pipe
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    t_aim = None
     while proc.poll() is None:
-        chunk = proc.stderr.read() or ""
-        buf += chunk
-        seen += [line for line in chunk.splitlines() if line.startswith("lamini quickstart:")]
-        if aim and t_aim is None and any(line.startswith(f"lamini quickstart: {aim} ...") for line in seen):
+        if aim and t_aim is None and any(line.startswith(f"lamini quickstart: {aim} ...") for line in list(lines)):
             t_aim = time.monotonic()
         if t_aim is not None and time.monotonic() - t_aim >= after:
             os.killpg(proc.pid, signal.SIGINT)
             break
         time.sleep(0.2)
     proc.wait(300)
-    buf += proc.stderr.read() or ""
-    return {"aim": aim, "interrupted": t_aim is not None, "returncode": proc.returncode,
-            "tail": buf.strip().splitlines()[-1:] if buf.strip() else []}
+    reader.join(10)
+    tail = [line.strip() for line in lines if line.strip()][-1:]
+    return {"aim": aim, "interrupted": t_aim is not None, "returncode": proc.returncode, "tail": tail}
 
 
 def result(out: Path) -> dict:

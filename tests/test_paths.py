@@ -17,6 +17,7 @@ from lamini_serve.paths import (
     atomic_write_text,
     clean_stale_tmp,
     folder_lock,
+    dir_size,
     write_error,
 )
 
@@ -156,3 +157,14 @@ def test_a_filesystem_without_locks_is_one_line_and_leaks_nothing(tmp_path, monk
         with folder_lock(tmp_path / "out"):
             pass
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_dir_size_skips_named_folders_and_links_below_the_root(tmp_path):
+    root = tmp_path / "checkpoints" / "model"  # a skipped name above the root does not count
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "a.bin").write_bytes(b"x" * 10)
+    (root / "checkpoints" / "b.bin").write_bytes(b"x" * 100)
+    (root / "link.bin").symlink_to(root / "a.bin")
+    assert dir_size(root) == 120
+    assert dir_size(root, skip=("checkpoints",)) == 20
+    assert dir_size(root, skip=("checkpoints",), follow_links=False) == 10

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -103,29 +102,28 @@ class EndpointResponder(Responder):
     """A model behind an OpenAI-compatible endpoint, through the `openai` client."""
 
     def __init__(self, name: str, base_url: str, model: str, api_key: str | None, concurrency: int = 4):
-        import openai
+        from lamini_serve.ui.client import Endpoint
 
         self.name, self.model, self.concurrency = name, model, concurrency
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=2, timeout=600)
+        self.endpoint = Endpoint(base_url, api_key, timeout=600)
 
     def answer(self, prompts: Sequence[str], max_tokens: int) -> list[str]:
-        import openai
+        """Greedy answers, `concurrency` requests at a time (the UI's one-answer call)."""
+        from lamini_serve.ui.client import Sampling, answer
 
-        from lamini_serve.teacher.client import status_error_message
+        greedy = Sampling(temperature=0, max_tokens=max_tokens)
 
-        def one(prompt: str) -> str:
-            try:
-                r = self.client.chat.completions.create(model=self.model, temperature=0, max_tokens=max_tokens,
-                                                        messages=[{"role": "user", "content": prompt}])
-            except openai.APIStatusError as exc:
-                raise LaminiError(f"{self.name}: {status_error_message(exc)}") from None
-            except openai.APIConnectionError:
-                raise LaminiError(f"{self.name}: cannot reach {self.client.base_url}; start the server or fix "
-                                  "the URL") from None
-            return (r.choices[0].message.content or "").strip()
+        async def run() -> list[str]:
+            gate = asyncio.Semaphore(self.concurrency)
 
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(one, prompts))
+            async def one(prompt: str) -> str:
+                async with gate:
+                    return (await answer(self.endpoint, self.model, [{"role": "user", "content": prompt}],
+                                         greedy)).strip()
+
+            return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+        return asyncio.run(run())
 
 
 def load_responder(model) -> Responder:

@@ -3,7 +3,6 @@ an automatic A-D rater; `lamini eval tasks`, `lamini eval report`."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -129,19 +128,9 @@ def _bases(herd, models, prompt_mode, score: bool = True):
     the base models themselves, scored on the raw text (a base two students share, once)."""
     from lamini_serve.eval.runner import EvalModel
     from lamini_serve.models import ModelSpec
-    from lamini_serve.train.herd import HERD_FILE, herd_index
+    from lamini_serve.serve.registry import herd_index_of
 
-    root = Path(herd)
-    if not root.is_dir():
-        from lamini_serve.serve.registry import herd_recipe
-
-        root = Path(herd_recipe(root).output)
-    try:
-        index = json.loads((root / HERD_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        index = {}
-    if not index.get("students"):
-        index = {**index, **herd_index(root)}
+    _, index, _ = herd_index_of(Path(herd))
     by_name = {m.name: m for m in models}
     out, seen = [], set()
     for s in index.get("students", []):

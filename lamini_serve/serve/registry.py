@@ -178,11 +178,12 @@ def _engine(p: Planned, override: str | None, vllm_py: str | None) -> tuple[str,
     return override, "--engine"
 
 
-def _herd(root: Path) -> list[Planned]:
-    from lamini_serve.checkpoint import is_onnx_folder
+def herd_index_of(herd: Path) -> tuple[Path, dict[str, Any], str | None]:
+    """(folder, herd.json's content, the recipe's teacher) of `--herd`: a trained folder or its recipe.
+    A herd.json without students is completed from the student folders."""
     from lamini_serve.train.herd import HERD_FILE, herd_index
 
-    recipe_teacher = None
+    root, recipe_teacher = Path(herd), None
     if not root.is_dir():
         recipe = herd_recipe(root)
         root, recipe_teacher = Path(recipe.output), recipe.teacher
@@ -198,6 +199,13 @@ def _herd(root: Path) -> list[Planned]:
             raise LaminiError(f"{index_file} is unreadable ({type(exc).__name__}); delete it and it is rebuilt") from None
     if not index.get("students"):
         index = {**index, **herd_index(root)}
+    return root, index, recipe_teacher
+
+
+def _herd(herd: Path) -> list[Planned]:
+    from lamini_serve.checkpoint import is_onnx_folder
+
+    root, index, recipe_teacher = herd_index_of(herd)
     students = index.get("students") or []
     if not students:
         raise LaminiError(f"--herd {root}: no trained students there (no herd.json, no student folders); "
