@@ -20,7 +20,10 @@ common length (zeros, masked out by a 0 in the attention mask) and concatenated
 along the batch axis. position_ids come from the mask's cumulative sum, so every
 row keeps its own positions whatever padding sits in front of it. `keep` selects
 rows and then trims leading columns that are padding for every remaining row, so a
-long row that finished does not leave the batch wide.
+long row that finished does not leave the batch wide. A fused graph (GroupQueryAttention,
+`lamini export --format fused`) wants the mirror image: rows padded on the RIGHT, each
+row's length read from its mask, positions computed inside the graph; merging pads on
+the right and `keep` trims trailing columns.
 
 Encoder-decoder exports (T5) cannot merge that way: the merged decoder graph has no
 decoder attention mask, so rows whose decoders started at different steps cannot
@@ -61,13 +64,13 @@ def context_length_from_config(config: dict, tokenizer, family: Family) -> int:
     return _SEQ2SEQ_DEFAULT_CONTEXT if family is Family.SEQ2SEQ else 2048
 
 
-def _left_pad(x: np.ndarray, width: int, axis: int) -> np.ndarray:
-    """`x` with zeros in front along `axis` up to `width`."""
+def _pad(x: np.ndarray, width: int, axis: int, left: bool = True) -> np.ndarray:
+    """`x` with zeros in front of it (or after it) along `axis` up to `width`."""
     extra = width - x.shape[axis]
     if extra <= 0:
         return x
     pad = [(0, 0)] * x.ndim
-    pad[axis] = (extra, 0)
+    pad[axis] = (extra, 0) if left else (0, extra)
     return np.pad(x, pad)
 
 
@@ -151,12 +154,15 @@ class OnnxSteps:
 
     def _merge(self, new) -> None:
         """Append the freshly prefilled rows of `new` to the running batch: pad the shorter
-        side's past and mask on the left, then concatenate along the batch axis."""
+        side's past and mask (on the left; on the right for a right-padded graph), then
+        concatenate along the batch axis."""
         old = self._batch
-        width = max(old.mask.shape[1], new.mask.shape[1])
-        old.mask = np.concatenate([_left_pad(old.mask, width, 1), _left_pad(new.mask, width, 1)], axis=0)
+        width, left = max(old.mask.shape[1], new.mask.shape[1]), not old.right
+        old.mask = np.concatenate([_pad(old.mask, width, 1, left), _pad(new.mask, width, 1, left)], axis=0)
+        old.lengths = np.concatenate([old.lengths, new.lengths])
         # past: [batch, heads, past_len, head_dim]; past_len == mask width after a step
-        old.past = {name: np.concatenate([_left_pad(old.past[name], width, 2), _left_pad(new.past[name], width, 2)], axis=0)
+        old.past = {name: np.concatenate([_pad(old.past[name], width, 2, left), _pad(new.past[name], width, 2, left)],
+                                         axis=0)
                     for name in old.past}
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
@@ -194,10 +200,12 @@ class OnnxSteps:
             return
         run, idx = self._batch, np.asarray(rows, dtype=np.int64)
         mask = run.mask[idx]
-        # leading columns that are padding for every row left: gone (past and mask alike)
-        start = int(np.argmax(mask.any(axis=0)))
-        run.mask = mask[:, start:]
-        run.past = {name: v[idx, :, start:] for name, v in run.past.items()}
+        run.lengths = run.lengths[idx]
+        # columns that are padding for every row left (leading ones; trailing ones when
+        # right-padded): gone, past and mask alike
+        start, end = (0, int(run.lengths.max())) if run.right else (int(np.argmax(mask.any(axis=0))), mask.shape[1])
+        run.mask = mask[:, start:end]
+        run.past = {name: v[idx, :, start:end] for name, v in run.past.items()}
 
     def score(self, ids: Sequence[int]) -> np.ndarray:
         if self.family is Family.SEQ2SEQ:

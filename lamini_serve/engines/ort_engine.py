@@ -31,6 +31,7 @@ from lamini_serve.generation import (
 from lamini_serve.models import Family, ModelSpec
 from lamini_serve.prompts import Message
 
+PADDING_KEY = "lamini.padding"  # graph metadata: "right" where rows must be padded on the right
 _NP_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
              "tensor(int32)": "int32", "tensor(bool)": "bool"}
 
@@ -66,7 +67,11 @@ class _Graph:
         self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
         kv = self.inputs[self.past[0]] if self.past else None
         self.kv_dtype = _NP_TYPES.get(kv.type, "float32") if kv else "float32"
-        self.kv_heads_dim = (kv.shape[1], kv.shape[3]) if kv else None
+        self.kv_heads_dim = _kv_shape(kv.shape, path.parent) if kv else None
+        # A graph with fused GroupQueryAttention (lamini export --format fused) takes its rows
+        # padded on the right: it reads each row's length from the attention mask's sum.
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.right_padded = meta.get(PADDING_KEY) == "right"
 
     @staticmethod
     def present_of(past_name: str) -> str:
@@ -221,6 +226,25 @@ class OrtEngine:
             logits = runner.next(nxt)
 
 
+def _kv_shape(shape: Sequence[Any], folder: Path) -> tuple[int, int]:
+    """(key/value heads, head size) of a past input [batch, heads, past, head size]. A fused graph
+    (GroupQueryAttention, from onnxruntime-genai's builder) may leave them symbolic: then the
+    model's config says."""
+    heads, dim = shape[1], shape[3]
+    if isinstance(heads, int) and isinstance(dim, int):
+        return heads, dim
+    cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    n_heads = cfg.get("num_attention_heads") or 1
+    if not isinstance(heads, int):
+        heads = int(cfg.get("num_key_value_heads") or n_heads)
+    if not isinstance(dim, int):
+        dim = int(cfg.get("head_dim") or cfg.get("hidden_size", 0) // n_heads)
+    if not heads or not dim:
+        raise LaminiError(f"{folder}: the graph's key/value cache has no fixed shape and config.json does not "
+                          "give it (num_key_value_heads, head_dim); export it again")
+    return heads, dim
+
+
 def _hits_stop(tokenizer, row: list[int], stops: Sequence[str]) -> bool:
     tail = tokenizer.decode(row[-32:], skip_special_tokens=True)
     return any(s and s in tail for s in stops)
@@ -329,10 +353,17 @@ def padded(prompts: list[list[int]], pad_id: int, left: bool):
 
 
 class CausalRun(DecodeRun):
+    """A decoder-only batch. Rows are padded on the left, so every row's next token is in the
+    last column, unless the graph asks for right padding (`_Graph.right_padded`): then the
+    mask holds each row's length and the logits are read at each row's last real token."""
+
     def __init__(self, engine: OrtEngine, prompts: list[list[int]]):
+        import numpy as np
+
         super().__init__(engine, engine.decoder)
-        # left padding: every row's next token is in the last column
-        self.ids, self.mask = padded(prompts, engine.pad_id, left=True)
+        self.right = self.graph.right_padded
+        self.ids, self.mask = padded(prompts, engine.pad_id, left=not self.right)
+        self.lengths = np.asarray([len(p) for p in prompts], dtype=np.int64)
         self.past = self._zeros_past(len(prompts), self.graph.past)
 
     def _feed(self, ids):
@@ -345,13 +376,22 @@ class CausalRun(DecodeRun):
         return feed
 
     def first(self, all_positions: bool = False):
-        logits, self.past = self._run(self._feed(self.ids), self.past, all_positions)
-        return logits
+        import numpy as np
+
+        if not self.right:
+            logits, self.past = self._run(self._feed(self.ids), self.past, all_positions)
+            return logits
+        logits, self.past = self._run(self._feed(self.ids), self.past, all_positions=True)
+        return logits if all_positions else logits[np.arange(len(self.lengths)), self.lengths - 1].copy()
 
     def next(self, tokens):
         import numpy as np
 
-        self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
+        if self.right:
+            self.lengths = self.lengths + 1
+            self.mask = (np.arange(int(self.lengths.max()))[None, :] < self.lengths[:, None]).astype(np.int64)
+        else:
+            self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
         logits, self.past = self._run(self._feed(np.asarray(tokens, dtype=np.int64)[:, None]), self.past)
         return logits
 

@@ -19,12 +19,17 @@ def _log(message: str) -> None:
 @click.argument("out", required=False, type=click.Path(path_type=Path))
 @click.option("--herd", "recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Export every student of the herd this recipe trained (OUT defaults to <output>-onnx).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "fused"]), default="auto", show_default=True,
+              help="fused: onnxruntime-genai's model builder, with ONNX Runtime's fused attention and norms "
+                   "(decoder-only Llama, Mistral, Qwen, Phi, Gemma...; the fastest per token on a CPU). onnx: "
+                   "optimum's export (every family, GPT-2 and T5 included). auto: fused where it can, else onnx.")
 @click.option("--quantize", type=click.Choice(["int8", "int4", "int8-dynamic", "none"]), default="int8", show_default=True,
               help="int8: int8 weights in blocks, int8 compute (faithful and fast: the default). int4: 4-bit blocks "
                    "(smaller, less faithful). int8-dynamic: optimum's ORTQuantizer (one activation scale per tensor). "
                    "none: fp32 only.")
-@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default="32", show_default=True,
-              help="int8/int4: weights per scale. Larger is a little faster and smaller, smaller is more faithful.")
+@click.option("--block-size", type=click.Choice(["auto", "16", "32", "64", "128"]), default="auto", show_default=True,
+              help="int8/int4: weights per scale. Larger is faster and smaller, smaller is more faithful. "
+                   "auto: 64 for fused int8, 32 otherwise.")
 @click.option("--isa", type=click.Choice(["auto", "avx512_vnni", "avx512", "avx2", "arm64"]), default="auto",
               show_default=True, help="Instruction set of the CPU that will run the export; checked against this "
                                       "CPU, recorded, and used to configure int8-dynamic. auto: this CPU's best.")
@@ -38,7 +43,7 @@ def _log(message: str) -> None:
 @click.option("--min-top1", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="The top-1 agreement --check requires of the deployable variant.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def export(checkpoint, out, recipe, quantize, block_size, isa, per_tensor, fp16, keep_fp32, n_prompts, check, min_top1, overwrite):
+def export(checkpoint, out, recipe, fmt, quantize, block_size, isa, per_tensor, fp16, keep_fp32, n_prompts, check, min_top1, overwrite):
     """Export CHECKPOINT to ONNX in OUT, quantize it to int8, and report parity with PyTorch.
 
     CHECKPOINT is anything `lamini chat` takes: `embedded`, a folder from
@@ -57,8 +62,8 @@ def export(checkpoint, out, recipe, quantize, block_size, isa, per_tensor, fp16,
         raise click.UsageError("--check needs the parity report; drop --prompts 0")
     if quantize != "none":
         resolve_isa(isa)  # before anything is pulled or loaded: a CPU that lacks it fails at once
-    opts = ExportOptions(quantize=quantize, isa=isa, block_size=int(block_size), per_channel=not per_tensor, keep_fp32=keep_fp32,
-                         fp16=fp16, overwrite=overwrite)
+    opts = ExportOptions(quantize=quantize, isa=isa, block_size=0 if block_size == "auto" else int(block_size), per_channel=not per_tensor, keep_fp32=keep_fp32,
+                         fp16=fp16, overwrite=overwrite, format=fmt)
     if recipe is not None:
         if out is not None:
             raise click.UsageError("with --herd, give at most one folder: lamini export --herd RECIPE [OUT]")

@@ -43,25 +43,58 @@ MANIFEST = "export.json"
 # ORTQuantizer, one activation scale per tensor. none: fp32 only.
 QUANTIZE_CHOICES = ("int8", "int4", "int8-dynamic", "none")
 BLOCK_SIZES = (16, 32, 64, 128)
+# onnx: optimum's export, then quantize.py. fused: onnxruntime-genai's model builder, which
+# writes the decoder with ONNX Runtime's fused operators (GroupQueryAttention with rotary
+# embedding inside, SkipSimplifiedLayerNormalization, one MatMul for q, k and v): about a
+# fifth of the nodes, so a decode step spends less time between kernels.
+FORMATS = ("auto", "onnx", "fused")  # auto: fused where the builder writes the model type, else onnx
+# model types onnxruntime-genai's builder writes (decoder-only; it has no GPT-2 and no T5)
+FUSED_MODEL_TYPES = ("gemma", "gemma2", "granite", "llama", "mistral", "nemotron", "olmo", "phi", "phi3", "qwen2", "qwen3")
 
 
 @dataclass
 class ExportOptions:
     quantize: str = "int8"
     isa: str = "auto"  # avx512_vnni | avx512 | avx2 | arm64 | auto (detected)
-    block_size: int = 32  # int8 / int4: weights per scale
+    block_size: int = 0  # int8 / int4: weights per scale; 0: 64 for fused int8, else 32 (see resolved)
     per_channel: bool = True  # int8-dynamic: one weight scale per output channel
     keep_fp32: bool = True
     fp16: bool = False
     overwrite: bool = False
+    format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZE_CHOICES:
             raise LaminiError(f"unknown --quantize {self.quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
-        if self.block_size not in BLOCK_SIZES:
+        if self.format not in FORMATS:
+            raise LaminiError(f"unknown --format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.format == "fused" and self.quantize == "int8-dynamic":
+            raise LaminiError("--format fused quantizes with MatMulNBits only; use --quantize int8, int4 or none")
+        if self.format == "fused" and self.fp16:
+            raise LaminiError("--format fused has no --fp16 variant; drop --fp16 (or use --format onnx)")
+        if self.block_size and self.block_size not in BLOCK_SIZES:
             raise LaminiError(f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, got {self.block_size}")
 
+    def resolved(self, spec: ModelSpec) -> "ExportOptions":
+        """These options with `auto` decided for `spec`: the fused format where onnxruntime-genai's
+        builder writes the model type (and is installed), with int8 weights in blocks of 64 (on the
+        embedded teacher 96.5% top-1 and 1.30x llama.cpp's tokens/s: benchmarks/decode.py);
+        optimum's export with blocks of 32 everywhere else."""
+        from dataclasses import replace
+
+        fmt = self.format
+        if fmt == "auto":
+            fmt = "fused" if (spec.family is Family.CAUSAL and spec.model_type in FUSED_MODEL_TYPES
+                              and self.quantize != "int8-dynamic" and not self.fp16 and _has_genai()) else "onnx"
+        block = self.block_size or (64 if fmt == "fused" and self.quantize == "int8" else 32)
+        return replace(self, format=fmt, block_size=block)
+
     def quantization(self, isa: str | None) -> dict[str, Any] | None:
+        if self.format == "fused" and self.quantize != "none":
+            return {"mode": f"fused graph, blockwise {self.quantize} weights (onnxruntime-genai model builder, "
+                            "MatMulNBits, symmetric)", "bits": 8 if self.quantize == "int8" else 4,
+                    "block_size": self.block_size, "accuracy_level": 4, "activations": "int8 per block, at run time",
+                    "embeddings": "int8 rows" if self.quantize == "int8" else "fp32 rows", "isa": isa}
         if self.quantize in ("int8", "int4"):
             bits = 8 if self.quantize == "int8" else 4
             return {"mode": f"blockwise {self.quantize} weights (ONNX Runtime MatMulNBits, symmetric)", "bits": bits,
@@ -95,6 +128,12 @@ def quiet() -> Iterator[None]:
             logging.getLogger(n).setLevel(level)
 
 
+def _has_genai() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("onnxruntime_genai") is not None
+
+
 def supported_model_types(family: Family) -> list[str]:
     import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the architectures)
     from optimum.exporters.tasks import TasksManager
@@ -103,7 +142,12 @@ def supported_model_types(family: Family) -> list[str]:
     return sorted(k for k, v in TasksManager._SUPPORTED_MODEL_TYPE.items() if task in v.get("onnx", {}))
 
 
-def check_exportable(spec: ModelSpec) -> None:
+def check_exportable(spec: ModelSpec, fmt: str = "onnx") -> None:
+    if fmt == "fused":
+        if spec.family is not Family.CAUSAL or spec.model_type not in FUSED_MODEL_TYPES:
+            raise LaminiError(f"--format fused cannot write {spec.name} (model type {spec.model_type!r}); it writes "
+                              f"decoder-only {', '.join(FUSED_MODEL_TYPES)}; use --format onnx")
+        return
     kinds = supported_model_types(spec.family)
     if spec.model_type not in kinds:
         raise LaminiError(
@@ -176,55 +220,31 @@ def export_model(
     spec = ModelSpec.resolve(source)
     if spec.runtime == "onnx":
         raise LaminiError(f"{source} is already an ONNX export; export the checkpoint it was made from")
-    check_exportable(spec)
+    opts = opts.resolved(spec)
+    check_exportable(spec, opts.format)
     isa = resolve_isa(opts.isa) if opts.quantize != "none" else None
     src = _local_folder(spec)
     clean_stale_tmp(out.parent if str(out.parent) else Path("."))
     t_start = time.perf_counter()
     with atomic_dir(out, overwrite=opts.overwrite) as staging:
-        log(f"exporting {spec.describe()} with optimum ({TASKS[spec.family]})")
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        _optimum_export(src, staging, spec.family)
-        timings["export_s"] = round(time.perf_counter() - t0, 1)
         files: dict[str, dict[str, Any]] = {}
         kinds = graph_kinds(spec.family)
-        for k in kinds:  # fp32 graphs move aside; the deployable variant takes the standard names
-            _move_graph(staging, onnx_file(k), onnx_file(k, "fp32"))
-        if opts.fp16:
-            log("converting to fp16 (for GPU runtimes)")
-            for k in kinds:
-                _to_fp16(staging / onnx_file(k, "fp32"), staging / onnx_file(k, "fp16"))
         quant = opts.quantization(isa)
-        if quant:
-            log(f"quantizing: {quant['mode']}" + (f", blocks of {opts.block_size}" if "block_size" in quant else ""))
-            t0 = time.perf_counter()
-            for k in kinds:
-                if opts.quantize == "int8-dynamic":
-                    quantize_dynamic(staging, onnx_file(k, "fp32"), onnx_file(k), isa, opts.per_channel)
-                else:
-                    from lamini_serve.export.quantize import quantize_weights
-
-                    with quiet():
-                        quant.setdefault("graphs", {})[onnx_file(k)] = quantize_weights(
-                            staging / onnx_file(k, "fp32"), staging / onnx_file(k), quant["bits"], opts.block_size)
-            timings["quantize_s"] = round(time.perf_counter() - t0, 1)
-            variants = {"": opts.quantize, "fp32": "fp32"}
+        if opts.format == "fused":
+            variants = _fused_export(src, staging, opts, quant, timings, log)
         else:
-            for k in kinds:
-                _move_graph(staging, onnx_file(k, "fp32"), onnx_file(k))
-            variants = {"": "fp32"}
-        if opts.fp16:
-            variants["fp16"] = "fp16"
+            variants = _optimum_variants(spec, src, staging, opts, quant, isa, timings, log)
         for variant, kind in variants.items():
             names = [onnx_file(k, variant) for k in kinds]
             files[kind] = {"files": names, "bytes": sum(_graph_bytes(staging, n) for n in names),
-                           "load": _load_hint(spec.family, variant)}
+                           "load": _load_hint(spec.family, variant, opts.format)}
         meta = {k: v for k, v in spec.metadata.items() if k not in ("family", "prompt_format")}
         write_metadata(staging, spec.family, spec.prompt_format, **{**meta, "runtime": "onnx", "default_variant": variants[""]})
         manifest = {
             "source": {"name": spec.name, "path": str(src), "model_type": spec.model_type,
                        "family": spec.family.value, "sha256": checkpoint_sha256(src)},
+            "format": opts.format,
             "task": TASKS[spec.family],
             "quantization": quant,
             "variants": files,
@@ -251,7 +271,141 @@ def export_model(
     return manifest
 
 
-def _load_hint(family: Family, variant: str) -> str:
+def _optimum_variants(spec: ModelSpec, src: Path, staging: Path, opts: ExportOptions, quant: dict[str, Any] | None,
+                      isa: str | None, timings: dict[str, float], log) -> dict[str, str]:
+    """--format onnx: optimum's export, then quantize.py. Returns {variant: its kind}."""
+    log(f"exporting {spec.describe()} with optimum ({TASKS[spec.family]})")
+    t0 = time.perf_counter()
+    _optimum_export(src, staging, spec.family)
+    timings["export_s"] = round(time.perf_counter() - t0, 1)
+    kinds = graph_kinds(spec.family)
+    for k in kinds:  # fp32 graphs move aside; the deployable variant takes the standard names
+        _move_graph(staging, onnx_file(k), onnx_file(k, "fp32"))
+    if opts.fp16:
+        log("converting to fp16 (for GPU runtimes)")
+        for k in kinds:
+            _to_fp16(staging / onnx_file(k, "fp32"), staging / onnx_file(k, "fp16"))
+    if quant:
+        log(f"quantizing: {quant['mode']}" + (f", blocks of {opts.block_size}" if "block_size" in quant else ""))
+        t0 = time.perf_counter()
+        for k in kinds:
+            if opts.quantize == "int8-dynamic":
+                quantize_dynamic(staging, onnx_file(k, "fp32"), onnx_file(k), isa, opts.per_channel)
+            else:
+                from lamini_serve.export.quantize import quantize_weights
+
+                with quiet():
+                    quant.setdefault("graphs", {})[onnx_file(k)] = quantize_weights(
+                        staging / onnx_file(k, "fp32"), staging / onnx_file(k), quant["bits"], opts.block_size)
+        timings["quantize_s"] = round(time.perf_counter() - t0, 1)
+        variants = {"": opts.quantize, "fp32": "fp32"}
+    else:
+        for k in kinds:
+            _move_graph(staging, onnx_file(k, "fp32"), onnx_file(k))
+        variants = {"": "fp32"}
+    if opts.fp16:
+        variants["fp16"] = "fp16"
+    return variants
+
+
+def _fused_export(src: Path, staging: Path, opts: ExportOptions, quant: dict[str, Any] | None,
+                  timings: dict[str, float], log) -> dict[str, str]:
+    """--format fused: onnxruntime-genai's model builder writes each variant's graph (fp32 first,
+    so that the genai_config.json left behind names the deployable model.onnx). The graphs are
+    marked right-padded (see OrtEngine); config.json and generation_config.json come from the
+    checkpoint, the tokenizer files from the builder."""
+    import shutil
+
+    t0 = time.perf_counter()
+    wanted = [("fp32", "fp32")] if quant and opts.keep_fp32 else []
+    wanted.append(("", opts.quantize if quant else "fp32"))
+    for variant, precision in wanted:
+        log(f"writing the fused graph ({precision}) with onnxruntime-genai's model builder")
+        _genai_build(src, staging, precision, onnx_file("causal", variant), opts.block_size)
+    for name in ("config.json", "generation_config.json"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, staging / name)
+    timings["export_s"] = round(time.perf_counter() - t0, 1)
+    if quant and quant["bits"] == 8:
+        t0 = time.perf_counter()
+        log("embedding table: int8 rows")
+        quant["graphs"] = {onnx_file("causal"): {"embedding_tables": _fused_embeddings(src, staging, opts.block_size)}}
+        timings["quantize_s"] = round(time.perf_counter() - t0, 1)
+    return {v: kind for v, kind in wanted}
+
+
+def _fused_embeddings(src: Path, staging: Path, block_size: int) -> dict[str, str]:
+    """The builder leaves the embedding table in fp32 (its shared int8 path is broken in 0.15):
+    lookups read int8 rows instead, the very bytes of the lm_head's weight when the model ties
+    the two (as quantize.py does for --format onnx)."""
+    import onnx
+
+    from lamini_serve.export.quantize import quantize_gathers
+
+    path = staging / onnx_file("causal")
+    model = onnx.load(str(path))
+    cfg = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
+    ties = {}
+    if cfg.get("tie_word_embeddings", True):
+        head = [n.name for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")]
+        tables = [n.input[0] for n in model.graph.node if n.op_type == "Gather" and "embed_tokens" in n.input[0]]
+        if len(head) == 1 and len(tables) == 1:
+            ties[tables[0]] = head[0]
+    how = quantize_gathers(model, block_size, ties)
+    for p in staging.glob(path.name + ".data"):
+        p.unlink()
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+    os.chmod(staging / (path.name + ".data"), 0o644)  # onnx writes it owner-only; the folder is for sharing
+    return how
+
+
+def _genai_build(src: Path, out: Path, precision: str, filename: str, block_size: int) -> None:
+    """One run of `python -m onnxruntime_genai.models.builder`, its chatter in a file that is
+    quoted on failure; then the graph is marked right-padded."""
+    import subprocess
+    import sys
+
+    try:
+        import onnxruntime_genai  # noqa: F401  (fail early, with the fix)
+    except ImportError as exc:
+        raise LaminiError("--format fused needs onnxruntime-genai (pip install 'lamini-serve[export]')") from exc
+    extra = [f"filename={filename}", "shared_embeddings=false"]
+    if precision in ("int8", "int4"):
+        extra += ["accuracy_level=4", f"block_size={block_size}"]
+    with scratch_dir(out, "genai") as tmp:
+        log_file = tmp / "builder.log"
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
+               "-p", precision, "-e", "cpu", "-c", str(tmp / "cache"), "--extra_options", *extra]
+        with open(log_file, "w") as f:
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+        if rc != 0 or not (out / filename).is_file():
+            lines = [ln for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()]
+            last = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln), lines[-1] if lines else "")
+            raise LaminiError(f"onnxruntime-genai's model builder could not export {src} ({precision}): "
+                              f"{last.strip()[:300]}; check that the checkpoint loads (lamini chat {src}), "
+                              "or try --format onnx")
+    mark_right_padded(out / filename)
+
+
+def mark_right_padded(path: Path) -> None:
+    """Record in the graph's metadata that its rows are padded on the right (OrtEngine reads it)."""
+    import onnx
+
+    from lamini_serve.engines.ort_engine import PADDING_KEY
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    props[PADDING_KEY] = "right"
+    onnx.helper.set_model_props(model, props)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_hint(family: Family, variant: str, fmt: str = "onnx") -> str:
+    if fmt == "fused":  # not optimum's layout: OrtEngine (right padding), or onnxruntime-genai for the default
+        return "OrtEngine(ModelSpec.resolve(folder)" + (f', variant="{variant}")' if variant else
+                                                        "), or onnxruntime_genai.Model(folder)")
     if family is Family.SEQ2SEQ:
         args = "" if not variant else (f', encoder_file_name="{onnx_file("encoder", variant)}", '
                                        f'decoder_file_name="{onnx_file("decoder", variant)}"')

@@ -156,8 +156,10 @@ def _int8_blocks(table, block: int):
     return q.astype(np.uint8), scales.astype(np.float32).reshape(-1)
 
 
-def quantize_gathers(model, block: int) -> dict[str, str]:
-    """Embedding lookups read int8 rows: shared with a tied MatMulNBits where there is one."""
+def quantize_gathers(model, block: int, ties: dict[str, str] | None = None) -> dict[str, str]:
+    """Embedding lookups read int8 rows: shared with a tied MatMulNBits where there is one
+    (found by name, as `untie_transposed_weights` names them, or given: `ties` maps a table to
+    the name of the MatMulNBits node that holds its transpose)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -167,8 +169,13 @@ def quantize_gathers(model, block: int) -> dict[str, str]:
         if node.op_type == "MatMulNBits" and _attrs(node).get("bits") == 8:
             base = node.input[1].rsplit("_Q8", 1)[0]
             symmetric = len(node.input) < 4 or not node.input[3]  # no zero points: 128, as _int8_blocks writes
-            if base.endswith(".T") and symmetric:
+            if not symmetric:
+                continue
+            if base.endswith(".T"):
                 tied[base[:-2]] = node
+            for table, name in (ties or {}).items():
+                if node.name == name:
+                    tied[table] = node
     how: dict[str, str] = {}
     tables: dict[str, tuple] = {}  # table -> (int8 rows, scales, block, constants prefix)
     count = 0

@@ -75,7 +75,7 @@ INIT_STD = 0.3
 T5_INIT_FACTOR = 8.0
 
 
-def _config(kind: str, vocab: int, eos: int, pad: int, bos: int, wide: bool = True):
+def _config(kind: str, vocab: int, eos: int, pad: int, bos: int, wide: bool = True, tied: bool = False):
     std, factor = (INIT_STD, T5_INIT_FACTOR) if wide else (0.02, 1.0)
     from transformers import GPT2Config, LlamaConfig, T5Config
 
@@ -83,7 +83,7 @@ def _config(kind: str, vocab: int, eos: int, pad: int, bos: int, wide: bool = Tr
         return LlamaConfig(
             vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=False,
+            bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=tied,
             initializer_range=std,
         )
     if kind == "gpt2":
@@ -112,11 +112,13 @@ def make_tiny_model(
     prompt_format: PromptFormat | str | None = "default",
     tokenizer=None,
     wide_init: bool = True,
+    tied: bool = False,
 ) -> Path:
     """Write a tiny random-weight checkpoint of `kind` (llama, gpt2, t5) to `out`.
 
     `prompt_format=None` writes no lamini.json (a plain transformers checkpoint).
     `wide_init=False` uses the usual small initialization (what training tests want).
+    `tied=True` ties a llama's lm_head to its input embedding (as SmolLM2 does).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -124,7 +126,7 @@ def make_tiny_model(
     out = Path(out)
     tok = tokenizer or build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    cfg = _config(kind, len(tok), eos=ids["<|im_end|>"], pad=ids["<pad>"], bos=ids["<|im_start|>"], wide=wide_init)
+    cfg = _config(kind, len(tok), eos=ids["<|im_end|>"], pad=ids["<pad>"], bos=ids["<|im_start|>"], wide=wide_init, tied=tied)
     torch.manual_seed(seed)
     family = Family.SEQ2SEQ if kind == "t5" else Family.CAUSAL
     cls = AutoModelForSeq2SeqLM if family is Family.SEQ2SEQ else AutoModelForCausalLM

@@ -23,9 +23,11 @@ KINDS = ("llama", "gpt2", "t5")
 
 @pytest.fixture(scope="session")
 def exports(tiny_models, tmp_path_factory):
-    """{kind: export folder} with int8 + fp32 variants and a 3-prompt report."""
+    """{kind: export folder} with int8 + fp32 variants and a 3-prompt report: optimum's format
+    (the fused format, the default for llama, is tested in test_fused.py)."""
     root = tmp_path_factory.mktemp("exports")
-    return {k: (export_model(str(tiny_models[k]), root / k, report_prompts=3), root / k)[1] for k in KINDS}
+    opts = ExportOptions(format="onnx")
+    return {k: (export_model(str(tiny_models[k]), root / k, opts, report_prompts=3), root / k)[1] for k in KINDS}
 
 
 def _convs(prompts=PROMPTS):
@@ -289,7 +291,7 @@ def test_a_failed_or_interrupted_export_leaves_nothing(tiny_models, tmp_path, mo
 
     monkeypatch.setattr(q, "quantize_weights", broken)
     with pytest.raises(type(fault)):
-        export_model(str(tiny_models["llama"]), tmp_path / "o", report_prompts=0)
+        export_model(str(tiny_models["llama"]), tmp_path / "o", ExportOptions(format="onnx"), report_prompts=0)
     assert os.listdir(tmp_path) == []
 
 
@@ -317,7 +319,7 @@ def test_herd_export_exports_every_trained_student_and_resumes(tiny_models, tmp_
 @pytest.mark.slow
 def test_the_embedded_teacher_exports_and_int8_still_answers(teacher_path, tmp_path):
     out = tmp_path / "teacher-onnx"
-    m = export_model(str(teacher_path), out, report_prompts=3)
+    m = export_model(str(teacher_path), out, ExportOptions(format="onnx"), report_prompts=3)
     assert m["variants"]["int8"]["bytes"] < 0.3 * m["variants"]["fp32"]["bytes"]
     rep = json.loads((out / "parity.json").read_text())
     assert rep["variants"]["fp32"]["top1_agreement"] >= 0.99

@@ -20,6 +20,9 @@ from lamini_serve.generation import SamplingParams
 from lamini_serve.models import Family, ModelSpec
 
 KINDS = ("llama", "gpt2", "t5")
+# "llama-fused": the tiny llama through `lamini export --format fused` (GroupQueryAttention,
+# rows padded on the right)
+ONNX_KINDS = KINDS + ("llama-fused",)
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +31,18 @@ def exports(tiny_models, tmp_path_factory):
     from lamini_serve.export.exporter import ExportOptions, export_model
 
     root = tmp_path_factory.mktemp("step-exports")
-    for kind in KINDS:
-        export_model(str(tiny_models[kind]), root / kind, ExportOptions(quantize="none"), report_prompts=0)
-    return {kind: root / kind for kind in KINDS}
+    for kind in ONNX_KINDS:
+        fmt = "fused" if kind.endswith("-fused") else "onnx"
+        export_model(str(tiny_models[kind.split("-")[0]]), root / kind, ExportOptions(quantize="none", format=fmt),
+                     report_prompts=0)
+    return {kind: root / kind for kind in ONNX_KINDS}
 
 
 @pytest.fixture(scope="module")
 def ort(exports):
     from lamini_serve.engines.ort_engine import OrtEngine
 
-    return {kind: OrtEngine(ModelSpec.resolve(exports[kind]), io_binding=False) for kind in KINDS}
+    return {kind: OrtEngine(ModelSpec.resolve(exports[kind]), io_binding=False) for kind in ONNX_KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +104,7 @@ def _torch_solo(engine, prompt, n) -> list[int]:
 
 
 # ---- one batch of different lengths: each row as if alone ------------------------------------
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ONNX_KINDS)
 def test_onnx_batch_of_different_lengths_answers_as_each_prompt_alone(kind, ort):
     eng = ort[kind]
     prompts = dict(zip("abc", _prompts(9, 2, 17, seed=1)))
@@ -118,7 +123,7 @@ def test_torch_batch_of_different_lengths_answers_as_each_prompt_alone(kind, tor
 
 
 # ---- continuous batching (ONNX) ---------------------------------------------------------------
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ONNX_KINDS)
 def test_onnx_rows_join_and_leave_a_running_batch(kind, ort):
     """A (long prompt) starts; B (short) joins while A decodes; A finishes and leaves;
     then C (longer than anything running) and D (short) join together. Every row's
@@ -146,7 +151,7 @@ def test_onnx_rows_join_and_leave_a_running_batch(kind, ort):
     else:
         assert all(width == tight for width, tight in widths.values()), widths
         assert widths[2][0] == 20 + 2 and widths[3][0] == 3 + 1  # A (the longest) left at iteration 3: the batch shrank
-        assert widths[6][0] == 30  # C joined: the running rows' pasts were padded on the left
+        assert widths[6][0] == 30  # C joined: the running rows' pasts were padded (on the left; fused: the right)
         assert scored["logits"].shape == (29, steps.vocab_size)
 
 
@@ -166,14 +171,15 @@ def _gathered(logits, ids):
     return log_softmax(np.asarray(logits, dtype=np.float32))[np.arange(len(ids) - 1), ids[1:]]
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "llama-fused"])
 def test_score_is_a_full_forward_and_matches_the_cached_steps(kind, ort, torch_engines):
     import torch
 
     [ids] = _prompts(14, seed=4)
-    onnx_steps, torch_steps = OnnxSteps(ort[kind]), TorchSteps.from_engine(torch_engines[kind])
+    base = kind.split("-")[0]
+    onnx_steps, torch_steps = OnnxSteps(ort[kind]), TorchSteps.from_engine(torch_engines[base])
     with torch.inference_mode():
-        full = torch_engines[kind].model(input_ids=torch.tensor([ids])).logits[0, :-1].float().numpy()
+        full = torch_engines[base].model(input_ids=torch.tensor([ids])).logits[0, :-1].float().numpy()
     for steps, ref in ((onnx_steps, ort[kind].forced_logits(ids[:1], ids[1:])), (torch_steps, full)):
         got = steps.score(ids)
         assert got.dtype == np.float32 and got.shape == (len(ids) - 1, steps.vocab_size)
