@@ -70,9 +70,21 @@ def _turn(history: list, text: str) -> list:
     return [*history, {"role": "assistant", "content": text}]
 
 
-def _stopped(*stats):
-    """The figures under the columns once Stop cut their streams."""
-    return [s.replace(" · streaming", " · stopped") if s else s for s in stats]
+def _streaming(*stats) -> list[bool]:
+    """Which columns were still streaming when Stop was pressed."""
+    return [bool(s) and s.endswith(" · streaming") for s in stats]
+
+
+def _stopped(was_streaming: list[bool], *stats):
+    """The figures under the columns once Stop cut their streams: each column that was still
+    streaming says "stopped", whatever its stream's last update (which may land after the
+    cancel) wrote."""
+    out = []
+    for i, s in enumerate(stats):
+        if s and i < len(was_streaming) and was_streaming[i]:
+            s = s.removesuffix(" · streaming").removesuffix(" · stopped") + " · stopped"
+        out.append(s)
+    return out
 
 
 def _display(messages: list) -> list:
@@ -437,7 +449,11 @@ def build(ui: UI) -> gr.Blocks:
             prompt.submit(None, cancels=[e1, e3])
             regen.click(None, cancels=[e1, e2])
             picker.change(ui.columns, [picker, histories], [*col_outputs, *stats], cancels=[e1, e2, e3], queue=False)
-            stop.click(_stopped, stats, stats, cancels=[e1, e2, e3], queue=False)
+            # cancel first, then mark the figures: a stream's last update can land after a handler
+            # that did both at once, and put "streaming" back
+            was_streaming = gr.State([])
+            stop.click(_streaming, stats, was_streaming, cancels=[e1, e2, e3], queue=False).then(
+                _stopped, [was_streaming, *stats], stats, queue=False)
             clear.click(ui.side_clear, None, [*bots, *stats, histories], cancels=[e1, e2, e3], queue=False)
 
         with gr.Tab("Arena", id="arena"):

@@ -223,3 +223,15 @@ def test_grades_go_to_the_rater_the_answers_were_dealt_to(tmp_path):
         assert out[0] == {"__type__": "update"} and ui.store.ratings() == []
         run(ui.eval_submit("alice", ["teacher", "a"], cur, "s", "A", "B", None, None, None, None))
         assert {r["rater"] for r in ui.store.ratings()} == {"alice"}
+
+
+def test_stop_marks_the_columns_that_were_streaming_whatever_came_after():
+    from lamini_serve.ui.app import _stopped, _streaming
+
+    at_click = ["first token 0.1 s · 12 tokens · streaming", "first token 0.1 s · total 0.3 s · 40 tokens · 99 tokens/s", ""]
+    flags = _streaming(*at_click)
+    assert flags == [True, False, False]
+    # the first stream's last update landed after the cancel, without "streaming"
+    later = ["first token 0.1 s · total 0.4 s · 15 tokens · 37 tokens/s", at_click[1], ""]
+    assert _stopped(flags, *later) == [later[0] + " · stopped", at_click[1], ""]
+    assert _stopped(flags, *at_click)[0] == "first token 0.1 s · 12 tokens · stopped"

@@ -98,9 +98,10 @@ def test_side_by_side_arena_grades_and_leaderboard_in_a_real_browser(tiny_models
                 raise AssertionError(f"the answers never finished: {stats}")
             final = seen[-1]
             assert all(n > 3 for n in final), final
-            # each column was seen part-way: more than one length on the way to its final one
-            for k in (0, 1):
-                assert len({s[k] for s in seen if 0 < s[k] <= final[k]}) >= 2, [s[k] for s in seen]
+            # the answers were seen part-way: more than one length on the way to the final one (in
+            # the longer column: a tiny model's short answer can arrive between two polls)
+            longer = 0 if final[0] >= final[1] else 1
+            assert len({s[longer] for s in seen if 0 < s[longer] <= final[longer]}) >= 2, [s[longer] for s in seen]
             assert "first token" in stats[0] and "tokens/s" in stats[1]
             page.screenshot(path=str(shots / "side-by-side.png"), full_page=True)
 
@@ -123,9 +124,11 @@ def test_side_by_side_arena_grades_and_leaderboard_in_a_real_browser(tiny_models
             time.sleep(2)
             assert ui_page.answer_lengths(page, ["side-bot-0", "side-bot-1"]) == stopped
             page.screenshot(path=str(shots / "stopped.png"), full_page=True)
-            for k in (0, 1):  # cut short, and said so
-                assert "tokens/s" in page.inner_text(f"#side-stats-{k}") and "stopped" in page.inner_text(
-                    f"#side-stats-{k}")
+            # cut short, and said so; a column whose answer ended by itself before the click keeps
+            # its own figures (a tiny model may stop at its end token within the click's latency)
+            after = [page.inner_text(f"#side-stats-{k}") for k in (0, 1)]
+            assert all("tokens/s" in a and "streaming" not in a for a in after), after
+            assert any(a.endswith("stopped") for a in after), after
 
             # -- arena: anonymous pair, vote, names shown ------------------------------------
             page.get_by_role("tab", name="Arena").click()
