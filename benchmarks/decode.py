@@ -21,6 +21,7 @@ lamini variants (all through OrtEngine, the engine of `lamini chat` and `lamini 
 Other runtimes, each skipped with a message when its package is missing:
   fused-int8 through onnxruntime-genai's own C++ decode loop (pip install onnxruntime-genai)
   CTranslate2 int8 (pip install ctranslate2; its converter runs on the checkpoint)
+  OpenVINO int8 weights through optimum-intel (pip install 'optimum-intel[openvino]==1.27.0')
   llama.cpp: the GGUF (--gguf; for `embedded`, the teacher's own Q4_1 file). Its Python
   binding decodes one sequence, so batch 1 only. It is a benchmark-only dependency that
   builds from source (8-15 min on 2 cores):
@@ -125,15 +126,21 @@ def main() -> None:
     for v, eng in engines.items():
         runners[v] = {b: (lambda e=eng, b=b: e.generate([conv] * b, params)) for b in (1, 8)}
     extras = {} if args.no_extras else {"fused-int8 (onnxruntime-genai loop)": lambda: _genai(work / "fused-int8", ids),
-                                        "ctranslate2 int8": lambda: _ct2(spec, work / "ct2-int8", ids, args.threads)}
+                                        "ctranslate2 int8": lambda: _ct2(spec, work / "ct2-int8", ids, args.threads),
+                                        "openvino int8 (optimum-intel)": lambda: _openvino(spec, work / "ov-int8", ids,
+                                                                                           args.threads)}
     extras["llama.cpp"] = lambda: _llama(args.gguf or _default_gguf(args.model), ids, args.threads)
     if seq2seq:
         extras.pop("fused-int8 (onnxruntime-genai loop)", None)
+        extras.pop("openvino int8 (optimum-intel)", None)
         failed["llama.cpp"] = "no T5 here: llama-cpp-python ships no converter to GGUF for T5"
         extras.pop("llama.cpp")
+    forced_of: dict[str, Callable] = {}  # other runtimes' teacher-forced logits, for top-1 agreement
     for name, make in extras.items():
         try:
             runners[name] = make()
+            if "forced" in runners[name]:
+                forced_of[name] = runners[name].pop("forced")
         except _Skip as exc:
             failed[name] = str(exc)
             log(f"{name}: skipped ({exc})")
@@ -161,6 +168,11 @@ def main() -> None:
         for v, eng in engines.items():
             fidelity[v] = agreement(model, eng, encoded, refs, spec.family)
             log(f"  {v}: top-1 {fidelity[v]['top1_agreement']:.1%}")
+        for name, forced in forced_of.items():
+            agree = [int(a == b) for ids_, ref in zip(encoded, refs) if ref
+                     for a, b in zip(forced(ids_, ref).argmax(-1).tolist(), ref)]
+            fidelity[name] = {"top1_agreement": round(sum(agree) / max(len(agree), 1), 4)}
+            log(f"  {name}: top-1 {fidelity[name]['top1_agreement']:.1%}")
         if "fused-int8" in fidelity:  # the same graph, the same logits
             fidelity["fused-int8 (onnxruntime-genai loop)"] = fidelity["fused-int8"]
 
@@ -180,7 +192,9 @@ def main() -> None:
         cell = f"batch 1: {med[n][1]} tok/s" + (f" ({row['vs_llama_cpp_batch1']}x llama.cpp)" if ref else "")
         cell += f", batch 8: {med[n][8]} tok/s" if 8 in med[n] else ", batch 8: -"
         if "top1_agreement" in row:
-            cell += f", top-1 {row['top1_agreement']:.1%}, ROUGE-L {row['rouge_l']:.3f}"
+            cell += f", top-1 {row['top1_agreement']:.1%}"
+        if "rouge_l" in row:
+            cell += f", ROUGE-L {row['rouge_l']:.3f}"
         if "bytes" in row:
             cell += f", {row['bytes'] / 1e6:.1f} MB"
         table.append((n, cell))
@@ -287,6 +301,37 @@ def _genai(folder: Path, ids: list[int]) -> dict[int, Callable[[], object]]:
             g.generate_next_token()
 
     return {b: (lambda b=b: run(b)) for b in (1, 8)}
+
+
+def _openvino(spec, folder: Path, ids: list[int], threads: int) -> dict[int, Callable[[], object]]:
+    """optimum-intel's OVModelForCausalLM: int8 weight compression (NNCF), a stateful model
+    (the cache stays inside OpenVINO), transformers' generate loop."""
+    try:
+        from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
+    except ImportError:
+        raise _Skip("optimum-intel is not installed: pip install 'optimum-intel[openvino]==1.27.0' (1.27 installs "
+                    "beside torch 2.13 and transformers 4.57; 2.x wants torch 2.14)") from None
+    import torch
+
+    cfg = {"INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY"}
+    if not (folder / "openvino_model.xml").is_file():
+        model = OVModelForCausalLM.from_pretrained(str(spec.path), export=True, ov_config=cfg,
+                                                   quantization_config=OVWeightQuantizationConfig(bits=8))
+        model.save_pretrained(str(folder))
+    model = OVModelForCausalLM.from_pretrained(str(folder), ov_config=cfg)
+    pad = spec.load_tokenizer().pad_token_id or 0
+
+    def run(batch: int) -> None:
+        x = torch.tensor([ids] * batch)
+        model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=TOKENS, min_new_tokens=TOKENS,
+                       do_sample=False, pad_token_id=pad)
+
+    def forced(prompt: list[int], cont: list[int]):
+        x = torch.tensor([prompt + cont[:-1]])
+        with torch.inference_mode():  # no past given: the stateful model starts a new sequence
+            return model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, len(prompt) - 1:].float().numpy()
+
+    return {1: lambda: run(1), 8: lambda: run(8), "forced": forced}
 
 
 def _ct2(spec, folder: Path, ids: list[int], threads: int) -> dict[int, Callable[[], object]]:
