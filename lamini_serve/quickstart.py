@@ -129,7 +129,7 @@ def run_stage(s: Settings, stage: str) -> dict[str, Any]:
                 continue  # trained (the final save is atomic and writes lamini.json last)
             lamini(s, stage, "train", str(s.recipe), "--student", st["name"], "--resume")
     elif stage == "export":
-        lamini(s, stage, "export", "--herd", str(s.recipe), "--prompts", "2" if s.tiny else "8")
+        lamini(s, stage, "export", "--herd", str(s.recipe), "--drop-fp32", "--prompts", "2" if s.tiny else "8")
     elif stage == "eval":
         lamini(s, stage, "eval", *s.eval_args())
     elif stage == "speed":
