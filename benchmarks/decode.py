@@ -56,18 +56,6 @@ VARIANTS = {  # name: ExportOptions fields
 }
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded", help="A causal checkpoint (name, folder or hub id).")
@@ -88,6 +76,7 @@ def main() -> None:
     from lamini_serve.export.exporter import ExportOptions, export_model
     from lamini_serve.export.parity import agreement, references
     from lamini_serve.generation import SamplingParams
+    from lamini_serve.hardware import cpu_name
     from lamini_serve.models import Family, ModelSpec
     from lamini_serve.teacher.embedded import resolve_model
 

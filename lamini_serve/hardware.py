@@ -10,15 +10,25 @@ from pathlib import Path
 NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
 
 
-def cpu_flags() -> set[str]:
-    """CPU feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+def _cpuinfo(keys: tuple[str, ...]) -> str | None:
+    """The value of the first /proc/cpuinfo line starting with one of `keys` (Linux; None elsewhere)."""
     info = Path("/proc/cpuinfo")
     if not info.is_file():
-        return set()
+        return None
     for line in info.read_text(errors="replace").splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        if line.startswith(keys):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """CPU feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    return set((_cpuinfo(("flags", "Features")) or "").split())
+
+
+def cpu_name() -> str:
+    """The processor's model name, as benchmarks record it."""
+    return _cpuinfo(("model name",)) or platform.processor() or platform.machine()
 
 
 def is_arm() -> bool:

@@ -159,7 +159,6 @@ class OnnxSteps:
         old = self._batch
         width, left = max(old.mask.shape[1], new.mask.shape[1]), not old.right
         old.mask = np.concatenate([_pad(old.mask, width, 1, left), _pad(new.mask, width, 1, left)], axis=0)
-        old.lengths = np.concatenate([old.lengths, new.lengths])
         # past: [batch, heads, past_len, head_dim]; past_len == mask width after a step
         old.past = {name: np.concatenate([_pad(old.past[name], width, 2, left), _pad(new.past[name], width, 2, left)],
                                          axis=0)
@@ -200,10 +199,9 @@ class OnnxSteps:
             return
         run, idx = self._batch, np.asarray(rows, dtype=np.int64)
         mask = run.mask[idx]
-        run.lengths = run.lengths[idx]
         # columns that are padding for every row left (leading ones; trailing ones when
-        # right-padded): gone, past and mask alike
-        start, end = (0, int(run.lengths.max())) if run.right else (int(np.argmax(mask.any(axis=0))), mask.shape[1])
+        # right-padded, where each row's length is its mask's sum): gone, past and mask alike
+        start, end = (0, int(mask.sum(axis=1).max())) if run.right else (int(np.argmax(mask.any(axis=0))), mask.shape[1])
         run.mask = mask[:, start:end]
         run.past = {name: v[idx, :, start:end] for name, v in run.past.items()}
 

@@ -354,16 +354,13 @@ def padded(prompts: list[list[int]], pad_id: int, left: bool):
 
 class CausalRun(DecodeRun):
     """A decoder-only batch. Rows are padded on the left, so every row's next token is in the
-    last column, unless the graph asks for right padding (`_Graph.right_padded`): then the
-    mask holds each row's length and the logits are read at each row's last real token."""
+    last column, unless the graph asks for right padding (`_Graph.right_padded`): then each
+    row's length is its mask's sum, and the logits are read at each row's last real token."""
 
     def __init__(self, engine: OrtEngine, prompts: list[list[int]]):
-        import numpy as np
-
         super().__init__(engine, engine.decoder)
         self.right = self.graph.right_padded
         self.ids, self.mask = padded(prompts, engine.pad_id, left=not self.right)
-        self.lengths = np.asarray([len(p) for p in prompts], dtype=np.int64)
         self.past = self._zeros_past(len(prompts), self.graph.past)
 
     def _feed(self, ids):
@@ -382,14 +379,15 @@ class CausalRun(DecodeRun):
             logits, self.past = self._run(self._feed(self.ids), self.past, all_positions)
             return logits
         logits, self.past = self._run(self._feed(self.ids), self.past, all_positions=True)
-        return logits if all_positions else logits[np.arange(len(self.lengths)), self.lengths - 1].copy()
+        last = self.mask.sum(axis=1) - 1  # right padding: each row's length is its mask's sum
+        return logits if all_positions else logits[np.arange(len(last)), last].copy()
 
     def next(self, tokens):
         import numpy as np
 
         if self.right:
-            self.lengths = self.lengths + 1
-            self.mask = (np.arange(int(self.lengths.max()))[None, :] < self.lengths[:, None]).astype(np.int64)
+            lengths = self.mask.sum(axis=1) + 1
+            self.mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
         else:
             self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
         logits, self.past = self._run(self._feed(np.asarray(tokens, dtype=np.int64)[:, None]), self.past)

@@ -84,8 +84,8 @@ class ExportOptions:
 
         fmt = self.format
         if fmt == "auto":
-            fmt = "fused" if (spec.family is Family.CAUSAL and spec.model_type in FUSED_MODEL_TYPES
-                              and self.quantize != "int8-dynamic" and not self.fp16 and _has_genai()) else "onnx"
+            fmt = "fused" if (fused_writes(spec) and self.quantize != "int8-dynamic" and not self.fp16
+                              and _has_genai()) else "onnx"
         block = self.block_size or (64 if fmt == "fused" and self.quantize == "int8" else 32)
         return replace(self, format=fmt, block_size=block)
 
@@ -128,6 +128,11 @@ def quiet() -> Iterator[None]:
             logging.getLogger(n).setLevel(level)
 
 
+def fused_writes(spec: ModelSpec) -> bool:
+    """Whether onnxruntime-genai's builder writes this model (--format fused)."""
+    return spec.family is Family.CAUSAL and spec.model_type in FUSED_MODEL_TYPES
+
+
 def _has_genai() -> bool:
     from importlib.util import find_spec
 
@@ -144,7 +149,7 @@ def supported_model_types(family: Family) -> list[str]:
 
 def check_exportable(spec: ModelSpec, fmt: str = "onnx") -> None:
     if fmt == "fused":
-        if spec.family is not Family.CAUSAL or spec.model_type not in FUSED_MODEL_TYPES:
+        if not fused_writes(spec):
             raise LaminiError(f"--format fused cannot write {spec.name} (model type {spec.model_type!r}); it writes "
                               f"decoder-only {', '.join(FUSED_MODEL_TYPES)}; use --format onnx")
         return
