@@ -1,9 +1,11 @@
 """Engines that are another OpenAI-compatible server: the gateway relays bytes to them.
 
-`Relay` is what they share: one pooled `httpx.AsyncClient`, the request sent as JSON
-with the server's key, the streaming response handed back untouched (the gateway
-copies its raw bytes, so relaying costs next to nothing), and a broken connection
-turned into `Unavailable` (503 + Retry-After). `VllmEngine` adds a vLLM server it
+`Relay` is what they share: one pooled aiohttp client session, the request sent as JSON
+with the server's key, the streaming response handed back untouched (`Upstream`: the
+gateway copies its raw bytes), and a broken connection turned into `Unavailable` (503 +
+Retry-After). aiohttp rather than httpx: every streamed token crosses the relay as one
+read, and aiohttp's C parser reads it for about a third of httpcore's CPU, which on a
+CPU machine is taken from the engine (benchmarks/relay.py). `VllmEngine` adds a vLLM server it
 starts and supervises; `RemoteEngine` relays to a server someone else runs (a vLLM
 container, another `lamini serve`, any OpenAI-compatible endpoint), named on the
 command line as `NAME=http://HOST:PORT/v1`.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from typing import Any
@@ -21,6 +24,45 @@ from lamini_serve.engines.base import InvalidRequest, Unavailable
 
 RETRY_AFTER_S = 5
 UPSTREAM_KEY_ENV = "LAMINI_UPSTREAM_API_KEY"
+
+
+class UpstreamLost(Exception):
+    """The connection to the server broke while its answer was being read."""
+
+
+_LOST = (OSError, asyncio.TimeoutError)  # with aiohttp.ClientError, added where aiohttp is imported
+
+
+def _lost_errors() -> tuple:
+    import aiohttp
+
+    return (aiohttp.ClientError, *_LOST)
+
+
+class Upstream:
+    """A server's answer as the gateway relays it: the status and headers at once, the body
+    as it arrives (`aiter_raw`) or whole (`aread`); `aclose` gives the connection back."""
+
+    def __init__(self, resp):
+        self._resp = resp
+        self.status_code = resp.status
+        self.headers = resp.headers
+
+    async def aiter_raw(self):
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except _lost_errors() as exc:
+            raise UpstreamLost(type(exc).__name__) from exc
+
+    async def aread(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except _lost_errors() as exc:
+            raise UpstreamLost(type(exc).__name__) from exc
+
+    async def aclose(self) -> None:
+        self._resp.release()
 
 
 class Relay:
@@ -34,20 +76,38 @@ class Relay:
     max_model_len: int | None = None
 
     def _open_client(self) -> None:
-        import httpx
+        import aiohttp
 
         if getattr(self, "_client", None) is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=60),
-                trust_env=False,
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=None),
+                auto_decompress=False,
             )
 
     async def _close_client(self) -> None:
         client, self._client = getattr(self, "_client", None), None
         if client is not None:
             with contextlib.suppress(Exception):
-                await client.aclose()
+                await client.close()
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    async def _get(self, url: str, timeout: float = 5.0) -> tuple[int, Any] | None:
+        """GET `url` with the server's key: (status, the JSON body or None), or None when it does not answer."""
+        import aiohttp
+
+        try:
+            async with self._client.get(url, headers=self._headers(),
+                                        timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                raw = await r.read()
+                try:
+                    return r.status, json.loads(raw)
+                except ValueError:
+                    return r.status, None
+        except _lost_errors():
+            return None
 
     def prepare(self, body: dict[str, Any], path: str) -> dict[str, Any]:
         """The body the server gets (subclasses set the model's name there)."""
@@ -56,28 +116,26 @@ class Relay:
     def _unavailable(self) -> Unavailable:
         return Unavailable(f"{self.name} is {self.state}", retry_after=RETRY_AFTER_S)
 
-    async def request(self, path: str, body: dict[str, Any]):
-        """POST `body` to the server's `path` (e.g. "/v1/chat/completions"); the streaming
-        `httpx.Response`, whatever its status. The caller iterates `aiter_raw()` and closes it."""
-        import httpx
-
+    async def request(self, path: str, body: dict[str, Any]) -> Upstream:
+        """POST `body` to the server's `path` (e.g. "/v1/chat/completions"); its answer, whatever
+        its status, not yet read. The caller reads it (`aiter_raw`, `aread`) and closes it."""
         if self.state != "ready" or getattr(self, "_client", None) is None:
             raise self._unavailable()
         if not path.startswith("/"):
             path = "/v1/" + path
         if not isinstance(body, dict):
             raise InvalidRequest("the request body must be a JSON object")
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        req = self._client.build_request("POST", self.url + path, json=self.prepare(body, path), headers=headers)
+        data = json.dumps(self.prepare(body, path), ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json", **self._headers()}
         try:
-            return await self._client.send(req, stream=True)
-        except httpx.TransportError as exc:
+            return Upstream(await self._client.post(self.url + path, data=data, headers=headers))
+        except _lost_errors() as exc:
             raise self.lost(exc) from None
 
     def lost(self, exc: BaseException) -> Unavailable:
         """The error for a request whose connection to the server broke (before or during the answer)."""
-        return Unavailable(f"{self.name} stopped answering ({type(exc).__name__}); it may be restarting",
-                           retry_after=RETRY_AFTER_S)
+        what = str(exc) if isinstance(exc, UpstreamLost) else type(exc).__name__
+        return Unavailable(f"{self.name} stopped answering ({what}); it may be restarting", retry_after=RETRY_AFTER_S)
 
 
 class RemoteEngine(Relay):
@@ -129,22 +187,19 @@ class RemoteEngine(Relay):
 
     async def _check(self) -> None:
         """Ask the server which models it serves; ready when ours is there."""
-        import httpx
-
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        try:
-            r = await self._client.get(self.base_url + "/models", headers=headers, timeout=5.0)
-        except httpx.HTTPError as exc:
-            self.state, self.problem = "connecting", f"not answering ({type(exc).__name__})"
+        got = await self._get(self.base_url + "/models")
+        if got is None:
+            self.state, self.problem = "connecting", "not answering"
             return
-        if r.status_code in (401, 403):
+        status, answer = got
+        if status in (401, 403):
             self.state = "connecting"
-            self.problem = f"it refuses the key (HTTP {r.status_code}); set {UPSTREAM_KEY_ENV}"
+            self.problem = f"it refuses the key (HTTP {status}); set {UPSTREAM_KEY_ENV}"
             return
         try:
-            cards = {m["id"]: m for m in r.json()["data"]}
-        except (ValueError, KeyError, TypeError):
-            self.state, self.problem = "connecting", f"GET /v1/models answered HTTP {r.status_code}, not a model list"
+            cards = {m["id"]: m for m in answer["data"]}
+        except (KeyError, TypeError):
+            self.state, self.problem = "connecting", f"GET /v1/models answered HTTP {status}, not a model list"
             return
         if self.remote_model is None and len(cards) == 1:
             self.remote_model = next(iter(cards))

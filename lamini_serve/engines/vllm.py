@@ -9,7 +9,7 @@ watches the process: if it dies it is started again ("restarting"), up to a cap
 (then "failed").
 
 `request()` (from `Relay`) forwards a request body to the server over one pooled
-HTTP client and hands back the streaming `httpx.Response` untouched: the gateway
+HTTP client and hands back the server's answer (`Upstream`) unread: the gateway
 relays its raw bytes. It never waits on a server that is not ready: it raises
 `Unavailable` (503 + Retry-After).
 
@@ -285,19 +285,14 @@ class VllmEngine(Relay):
                 return
 
     async def _await_health(self, proc: subprocess.Popen) -> bool:
-        import httpx
-
         deadline = time.monotonic() + self.load_timeout
         url = self.url + "/health"
         while not self._closing and time.monotonic() < deadline:
             if proc.poll() is not None:
                 return False
-            try:
-                r = await self._client.get(url, timeout=5.0)
-                if r.status_code == 200:
-                    return True
-            except httpx.HTTPError:
-                pass
+            got = await self._get(url)
+            if got is not None and got[0] == 200:
+                return True
             await asyncio.sleep(0.5)
         return False
 

@@ -584,7 +584,7 @@ def create_app(models: Mapping[str, Any], *, api_key: str | None = None, limits:
 
     # ---- vLLM: the body as sent, the bytes as answered ------------------------------------------
     async def _proxy(engine, name: str, path: str, request: Request, stream: bool):
-        import httpx
+        from lamini_serve.engines.relay import UpstreamLost
 
         t0 = time.perf_counter()
         raw = await request.json()
@@ -600,7 +600,7 @@ def create_app(models: Mapping[str, Any], *, api_key: str | None = None, limits:
                             metrics.ttft.labels(name).observe(time.perf_counter() - t0)
                             first = False
                         yield chunk
-                except httpx.HTTPError as exc:  # the server died mid-answer: say so, as an engine error would
+                except UpstreamLost as exc:  # the server died mid-answer: say so, as an engine error would
                     status = 503
                     gone = engine.lost(exc)
                     yield b"\n\n" + _sse({"error": {"message": str(gone), "type": gone.type, "param": None,
@@ -613,7 +613,7 @@ def create_app(models: Mapping[str, Any], *, api_key: str | None = None, limits:
             return EventStream(passthrough(), resp.status_code, ctype, headers)
         try:
             content = await resp.aread()
-        except httpx.HTTPError as exc:
+        except UpstreamLost as exc:
             metrics.request_done(name, 503)
             raise engine.lost(exc) from None
         finally:
