@@ -159,8 +159,10 @@ class OnnxSteps:
         old = self._batch
         width, left = max(old.mask.shape[1], new.mask.shape[1]), not old.right
         old.mask = np.concatenate([_pad(old.mask, width, 1, left), _pad(new.mask, width, 1, left)], axis=0)
-        # past: [batch, heads, past_len, head_dim]; past_len == mask width after a step
-        old.past = {name: np.concatenate([_pad(old.past[name], width, 2, left), _pad(new.past[name], width, 2, left)],
+        # past: [batch, heads, past_len, head_dim]; past_len == mask width after a step, or more
+        # when the cache is kept in place (its spare columns, on the right)
+        cols = max(width, *(v.shape[2] for v in old.past.values()))
+        old.past = {name: np.concatenate([_pad(old.past[name], cols, 2, left), _pad(new.past[name], cols, 2, left)],
                                          axis=0)
                     for name in old.past}
 
@@ -203,7 +205,10 @@ class OnnxSteps:
         # right-padded, where each row's length is its mask's sum): gone, past and mask alike
         start, end = (0, int(mask.sum(axis=1).max())) if run.right else (int(np.argmax(mask.any(axis=0))), mask.shape[1])
         run.mask = mask[:, start:end]
-        run.past = {name: v[idx, :, start:end] for name, v in run.past.items()}
+        if run.right and run.in_place:  # the spare columns stay: the next steps write into them
+            run.past = {name: v[idx] for name, v in run.past.items()}
+        else:
+            run.past = {name: v[idx, :, start:end] for name, v in run.past.items()}
 
     def score(self, ids: Sequence[int]) -> np.ndarray:
         if self.family is Family.SEQ2SEQ:

@@ -57,21 +57,77 @@ def open_session(path: Path, threads: int | None = None, providers: Sequence[str
         raise LaminiError(f"cannot load {path}: {str(exc).splitlines()[0][:200]}; export it again with `lamini export`") from exc
 
 
+LOGITS_AT = "logits_at"  # the input a right-padded graph gains at load time (with_logits_at)
+_REWRITE_MAX_BYTES = 1 << 30  # larger graphs are run as written (a rewritten graph is held in memory twice)
+
+
+def with_logits_at(model) -> bool:
+    """Rewrite `model` (an onnx ModelProto, weights loaded) so that its head runs only at the
+    positions asked for: a new input `logits_at` [batch, positions] (int64) picks, per row, the
+    hidden states the lm_head turns into `logits` [batch, positions, vocab]. A prompt then
+    needs the head at each row's last token only: over a 36-token prompt of the embedded
+    teacher that is 35 heads' worth of a 49152-wide matrix product, and a logits array of
+    7 MB a row, that are no longer made. False (and `model` unchanged) when the graph's
+    `logits` does not come straight from a head on [batch, sequence, hidden]."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    producer = {out: node for node in model.graph.node for out in node.output}
+    head = producer.get("logits")
+    if head is None or head.op_type not in ("MatMulNBits", "MatMul") or LOGITS_AT in {i.name for i in model.graph.input}:
+        return False
+    p = "lamini/logits_at"
+    model.graph.input.append(helper.make_tensor_value_info(LOGITS_AT, TensorProto.INT64, ["batch_size", "logits_positions"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), p + "/axes"))
+    at = list(model.graph.node).index(head)
+    model.graph.node.insert(at, helper.make_node("Unsqueeze", [LOGITS_AT, p + "/axes"], [p + "/index"], name=p + "/Unsqueeze"))
+    model.graph.node.insert(at + 1, helper.make_node("GatherND", [head.input[0], p + "/index"], [p + "/hidden"],
+                                                     name=p + "/GatherND", batch_dims=1))
+    head.input[0] = p + "/hidden"
+    for out in model.graph.output:
+        if out.name == "logits" and len(out.type.tensor_type.shape.dim) == 3:
+            out.type.tensor_type.shape.dim[1].dim_param = "logits_positions"
+    return True
+
+
+def _open_with_logits_at(path: Path, threads: int | None, providers):
+    """A right-padded graph's session, with its head behind `logits_at` (see with_logits_at);
+    the graph as written when it cannot be rewritten."""
+    import onnx
+    import onnxruntime as ort
+
+    size = sum(f.stat().st_size for f in path.parent.glob(path.name + "*") if f.is_file())
+    if size > _REWRITE_MAX_BYTES:
+        return None
+    try:
+        model = onnx.load(str(path))
+        if not with_logits_at(model):
+            return None
+        return ort.InferenceSession(model.SerializeToString(), sess_options=session_options(threads),
+                                    providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception:  # the graph as written still runs; the rewrite is only a speed-up
+        return None
+
+
 class _Graph:
     """One ONNX Runtime session and what a decode loop needs to know about its inputs."""
 
     def __init__(self, path: Path, threads: int | None, providers):
         self.session = open_session(path, threads, providers)
+        # A graph with fused GroupQueryAttention (lamini export --format fused) takes its rows
+        # padded on the right: it reads each row's length from the attention mask's sum.
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.right_padded = meta.get(PADDING_KEY) == "right"
+        if self.right_padded:  # its logits read at each row's own last token, so: only there
+            rewritten = _open_with_logits_at(path, threads, providers)
+            if rewritten is not None:
+                self.session = rewritten
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
         kv = self.inputs[self.past[0]] if self.past else None
         self.kv_dtype = _NP_TYPES.get(kv.type, "float32") if kv else "float32"
         self.kv_heads_dim = _kv_shape(kv.shape, path.parent) if kv else None
-        # A graph with fused GroupQueryAttention (lamini export --format fused) takes its rows
-        # padded on the right: it reads each row's length from the attention mask's sum.
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.right_padded = meta.get(PADDING_KEY) == "right"
 
     @staticmethod
     def present_of(past_name: str) -> str:
@@ -352,24 +408,53 @@ def padded(prompts: list[list[int]], pad_id: int, left: bool):
     return ids, mask
 
 
+def with_capacity(past: dict[str, Any], width: int) -> dict[str, Any]:
+    """`past` ([rows, heads, columns, dim] arrays) with room for at least `width` columns: as it
+    is when it has it, else copied into arrays half as long again (in steps of 64), zeros after."""
+    import numpy as np
+
+    cap = next(iter(past.values())).shape[2] if past else 0
+    if width <= cap:
+        return past
+    cap = -(-max(width, cap + cap // 2) // 64) * 64
+    grown = {}
+    for name, v in past.items():
+        g = np.zeros(v.shape[:2] + (cap,) + v.shape[3:], dtype=v.dtype)
+        g[:, :, :v.shape[2]] = v
+        grown[name] = g
+    return grown
+
+
 class CausalRun(DecodeRun):
     """A decoder-only batch. Rows are padded on the left, so every row's next token is in the
     last column, unless the graph asks for right padding (`_Graph.right_padded`): then each
-    row's length is its mask's sum, and the logits are read at each row's last real token."""
+    row's length is its mask's sum, and the logits are read at each row's last real token.
+
+    A right-padded graph (fused GroupQueryAttention) also decodes with its cache in place: after
+    the prompt, each past lives in one array with spare columns ([rows, heads, capacity, dim]),
+    bound as both the step's past input and its present output, so the attention writes each
+    row's new key and value at that row's length and reads its first columns. Otherwise every
+    step copies the whole cache into a new present tensor (and ONNX Runtime's Python binding
+    copies it again into numpy): at 32 rows of 100 tokens, about 300 MB of copying a step for
+    the embedded teacher."""
 
     def __init__(self, engine: OrtEngine, prompts: list[list[int]]):
         super().__init__(engine, engine.decoder)
         self.right = self.graph.right_padded
+        self.in_place = self.right and not self.binding  # CPU numpy pasts (OnnxSteps, lamini chat)
         self.ids, self.mask = padded(prompts, engine.pad_id, left=not self.right)
         self.past = self._zeros_past(len(prompts), self.graph.past)
 
-    def _feed(self, ids):
+    def _feed(self, ids, logits_at=None):
         import numpy as np
 
         feed = {"input_ids": ids, "attention_mask": self.mask}
         if "position_ids" in self.graph.inputs:
             pos = np.maximum(self.mask.cumsum(-1) - 1, 0)
             feed["position_ids"] = pos[:, -ids.shape[1]:]
+        if LOGITS_AT in self.graph.inputs:  # default: the last position (a decode step's only one)
+            feed[LOGITS_AT] = logits_at if logits_at is not None else np.full((ids.shape[0], 1), ids.shape[1] - 1,
+                                                                                 dtype=np.int64)
         return feed
 
     def first(self, all_positions: bool = False):
@@ -378,20 +463,52 @@ class CausalRun(DecodeRun):
         if not self.right:
             logits, self.past = self._run(self._feed(self.ids), self.past, all_positions)
             return logits
-        logits, self.past = self._run(self._feed(self.ids), self.past, all_positions=True)
         last = self.mask.sum(axis=1) - 1  # right padding: each row's length is its mask's sum
+        if LOGITS_AT in self.graph.inputs:
+            width = self.ids.shape[1]
+            at = np.broadcast_to(np.arange(width), (len(last), width)) if all_positions else last[:, None]
+            logits, self.past = self._run(self._feed(self.ids, np.ascontiguousarray(at, dtype=np.int64)), self.past,
+                                          all_positions=True)
+            return logits if all_positions else logits[:, 0].copy()
+        logits, self.past = self._run(self._feed(self.ids), self.past, all_positions=True)
         return logits if all_positions else logits[np.arange(len(last)), last].copy()
 
     def next(self, tokens):
         import numpy as np
 
+        ids = np.asarray(tokens, dtype=np.int64)[:, None]
         if self.right:
             lengths = self.mask.sum(axis=1) + 1
             self.mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+            if self.in_place:
+                return self._step_in_place(ids)
         else:
             self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
-        logits, self.past = self._run(self._feed(np.asarray(tokens, dtype=np.int64)[:, None]), self.past)
+        logits, self.past = self._run(self._feed(ids), self.past)
         return logits
+
+    def _step_in_place(self, ids):
+        """One decode step whose present key/values are written into the past arrays themselves
+        (GroupQueryAttention shares the buffer when past and present are the same memory)."""
+        import numpy as np
+        import onnxruntime as ort
+
+        g = self.graph
+        self.past = with_capacity(self.past, self.mask.shape[1])
+        io = g.session.io_binding()
+        io.bind_output("logits", "cpu")  # first: get_outputs() follows the binding order
+        for k, v in self._feed(ids).items():
+            io.bind_cpu_input(k, np.ascontiguousarray(v))
+        held = []
+        for name, slab in self.past.items():
+            if not slab.flags.c_contiguous:  # from_numpy would bind a copy, and the step's writes be lost
+                slab = self.past[name] = np.ascontiguousarray(slab)
+            ov = ort.OrtValue.ortvalue_from_numpy(slab)  # the array's own memory, not a copy
+            held.append(ov)
+            io.bind_ortvalue_input(name, ov)
+            io.bind_ortvalue_output(g.present_of(name), ov)
+        g.session.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()[:, -1, :]
 
 
 class Seq2SeqRun(DecodeRun):

@@ -216,3 +216,40 @@ def test_torch_static_batch_refuses_to_join_a_running_batch(torch_engines):
         steps.add([q])
     steps.keep([])
     assert steps.add([q]).shape == (1, steps.vocab_size)
+
+
+# ---- a fused graph decodes with its cache in place ----------------------------------------------
+def test_fused_graphs_decode_in_place_as_the_copying_path_does(ort, monkeypatch):
+    """GroupQueryAttention writes each step's key/values into the past arrays themselves (past
+    and present bound to one buffer): the arrays are not replaced between steps while they have
+    room, and the tokens equal those of the path that copies the cache into a new present."""
+    from lamini_serve.engines import ort_engine
+    from lamini_serve.engines.ort_engine import CausalRun
+
+    eng = ort["llama-fused"]
+    assert ort_engine.LOGITS_AT in eng.decoder.inputs  # and its head runs at the positions asked for only
+    prompts = dict(zip("abc", _prompts(9, 2, 17, seed=3)))
+    budget = {"a": 8, "b": 12, "c": 5}
+    joins = {0: ["a", "b"], 3: ["c"]}
+    seen: list[tuple[int, int]] = []  # (mask width, id of the first past array) after each iteration
+    steps = OnnxSteps(eng)
+
+    def after(i, running, out):
+        if steps._batch is not None:
+            seen.append((steps.width, id(next(iter(steps._batch.past.values())))))
+
+    in_place = drive(steps, prompts, budget, eng.eos_ids, joins, after)
+    assert steps._batch is None or steps._batch.in_place
+    # between a join (3) and the first row leaving (5), steps 4 and 5 write into the same arrays
+    assert seen[3][1] == seen[4][1], seen
+    monkeypatch.setattr(CausalRun, "_step_in_place", None)
+    original = CausalRun.__init__
+
+    def copying(self, *a, **kw):
+        original(self, *a, **kw)
+        self.in_place = False
+
+    monkeypatch.setattr(CausalRun, "__init__", copying)
+    copied = drive(OnnxSteps(eng), prompts, budget, eng.eos_ids, joins)
+    assert in_place == copied
+    assert ort_engine.with_capacity({"k": np.zeros((2, 1, 5, 4))}, 70)["k"].shape == (2, 1, 128, 4)
