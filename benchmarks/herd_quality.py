@@ -94,6 +94,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "v4-drop-cut": ("v3-steps-kd trained without the answers the teacher stopped at its 128-token limit "
                     "(often its own loops)", merge(_each(init={"keep": "ends"}, kd={"weight": 0.5}, cut_answers="drop",
                                                          **_STEPS), _LRS)),
+    # After issue 16: the shipped recipe (v3-steps-kd) plus a dense signal where the cut joins
+    # the teacher's blocks (kd.hidden; merged into the shipped kd, so its weight 0.5 stays).
+    "v5-hidden": ("shipped + hidden-state KD weight 1: the state entering the first kept tail block matches the "
+                  "teacher's there (smol-6l: teacher block 27, smol-12l: 24), on every token",
+                  _each(kd={"hidden": 1.0})),
+    "v5-hidden-3": ("v5-hidden with hidden-state KD weight 3", _each(kd={"hidden": 3.0})),
 }
 
 

@@ -75,20 +75,21 @@ INIT_STD = 0.3
 T5_INIT_FACTOR = 8.0
 
 
-def _config(kind: str, vocab: int, eos: int, pad: int, bos: int, wide: bool = True, tied: bool = False):
+def _config(kind: str, vocab: int, eos: int, pad: int, bos: int, wide: bool = True, tied: bool = False,
+            layers: int = 2):
     std, factor = (INIT_STD, T5_INIT_FACTOR) if wide else (0.02, 1.0)
     from transformers import GPT2Config, LlamaConfig, T5Config
 
     if kind == "llama":
         return LlamaConfig(
-            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
             bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=tied,
             initializer_range=std,
         )
     if kind == "gpt2":
         return GPT2Config(
-            vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+            vocab_size=vocab, n_embd=64, n_layer=layers, n_head=4, n_positions=512,
             bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, initializer_range=std,
         )
     if kind == "t5":
@@ -113,12 +114,14 @@ def make_tiny_model(
     tokenizer=None,
     wide_init: bool = True,
     tied: bool = False,
+    layers: int = 2,
 ) -> Path:
     """Write a tiny random-weight checkpoint of `kind` (llama, gpt2, t5) to `out`.
 
     `prompt_format=None` writes no lamini.json (a plain transformers checkpoint).
     `wide_init=False` uses the usual small initialization (what training tests want).
     `tied=True` ties a llama's lm_head to its input embedding (as SmolLM2 does).
+    `layers` sets a llama's or gpt2's block count (a teacher to cut students from wants more than 2).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -126,7 +129,8 @@ def make_tiny_model(
     out = Path(out)
     tok = tokenizer or build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    cfg = _config(kind, len(tok), eos=ids["<|im_end|>"], pad=ids["<pad>"], bos=ids["<|im_start|>"], wide=wide_init, tied=tied)
+    cfg = _config(kind, len(tok), eos=ids["<|im_end|>"], pad=ids["<pad>"], bos=ids["<|im_start|>"], wide=wide_init, tied=tied,
+                  layers=layers)
     torch.manual_seed(seed)
     family = Family.SEQ2SEQ if kind == "t5" else Family.CAUSAL
     cls = AutoModelForSeq2SeqLM if family is Family.SEQ2SEQ else AutoModelForCausalLM

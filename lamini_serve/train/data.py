@@ -195,7 +195,10 @@ def pack(examples: Sequence[dict[str, list[int]]], max_length: int, seed: int = 
 class CausalCollator:
     """Pads a batch; packed rows get a 4D block-diagonal causal mask and restarting positions.
     Rows with `kd` (a list of (ids, probs) arrays per example, from kd.teacher_targets) give
-    `kd_ids` and `kd_probs`: every answer position of the batch, in batch-major order."""
+    `kd_ids` and `kd_probs`: every answer position of the batch, in batch-major order. Targets
+    with a third array (the teacher's hidden states at every token of the example) also give
+    `kd_hidden`, every real token of the batch in batch-major order, and `kd_real`, the
+    (batch, width) mask that picks those tokens out of the padded batch."""
 
     pad_id: int
     dtype: Any = None
@@ -210,6 +213,13 @@ class CausalCollator:
             parts = [t for b in batch for t in b["kd"]]
             out["kd_ids"] = torch.from_numpy(np.concatenate([p[0] for p in parts]))
             out["kd_probs"] = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+            if len(parts[0]) > 2:
+                # A packed row is its examples end to end and padding only after the last one
+                # (as `pack` concatenates `kd`), so its first sum(seq_lens) tokens are real and in
+                # the order of the examples' hidden states.
+                out["kd_hidden"] = torch.from_numpy(np.concatenate([p[2] for p in parts]))
+                lengths = torch.tensor([len(b["input_ids"]) for b in batch])
+                out["kd_real"] = torch.arange(out["input_ids"].shape[1])[None, :] < lengths[:, None]
             return out
 
         width = max(len(b["input_ids"]) for b in batch)

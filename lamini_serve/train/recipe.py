@@ -136,6 +136,9 @@ class KDSpec:
     beta: float = 0.5  # the mixture weight of generalized JSD
     top_k: int | None = None  # K > 0: the teacher's top-K targets computed once (forward_kl); 0: the live teacher
                               # beside the student; None: 64 for forward_kl, live for the others
+    hidden: float = 0.0  # > 0 (students cut from the teacher, cached targets): + hidden * H, where H is how far the
+                         # hidden state entering each student block that follows a gap in its kept teacher blocks
+                         # is from the one entering that block in the teacher (train.kd.hidden_distance), over all tokens
 
     @property
     def cached_k(self) -> int:
@@ -164,7 +167,16 @@ class KDSpec:
         if self.top_k and self.divergence != "forward_kl":
             return (f"kd.top_k {self.top_k} caches the teacher's top tokens for forward_kl only; "
                     f"{self.divergence} needs the whole distribution: set kd.top_k: 0")
+        if not self.hidden >= 0:  # also refuses NaN
+            return f"kd.hidden must be >= 0, got {self.hidden}"
+        if self.hidden and not self.cached_k:
+            return ("kd.hidden needs the teacher's cached targets (forward_kl with kd.top_k > 0), "
+                    "not the live teacher of kd.top_k: 0")
         return None
+
+
+HIDDEN_NEEDS_CUT = ("kd.hidden matches hidden states where the teacher's blocks kept by the student skip some; "
+                    "it needs init.from_teacher (a base or init.from_config student has no such blocks): set kd.hidden: 0")
 
 
 @dataclass
@@ -301,6 +313,8 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
                 raise LaminiError(f"{where}: needs a base (hub id or folder), or init.from_teacher / init.from_config")
             raise LaminiError(f"{where}: give either a base or an init that builds the model, not both")
         kd = _build(KDSpec, raw["kd"], f"{where}: kd", context=where) if raw.get("kd") is not None else None
+        if kd is not None and kd.hidden and not init.from_teacher:
+            raise LaminiError(f"{where}: {HIDDEN_NEEDS_CUT}")
         fmt = raw.get("prompt_format")
         if fmt is not None and fmt not in ("raw", "alpaca", "chat"):
             raise LaminiError(f"{where}: prompt_format must be raw, alpaca or chat, got {fmt!r}")

@@ -119,7 +119,8 @@ def seq2seq_from_config(cfg: dict[str, Any], tok):
 
 
 def build_student(student: Student, teacher_name: str, device: str = "cpu"):
-    """(model, tokenizer, spec): the student's initial weights, and how it will be prompted."""
+    """(model, tokenizer, spec): the student's initial weights, and how it will be prompted. A student
+    cut from the teacher has the teacher blocks it kept in `spec.metadata["kept_layers"]`."""
     if student.init.from_teacher or student.init.from_config:
         from lamini_serve.teacher.embedded import resolve_model
 
@@ -129,7 +130,7 @@ def build_student(student: Student, teacher_name: str, device: str = "cpu"):
             if tspec.family is not Family.CAUSAL:
                 raise LaminiError("init.from_teacher needs a decoder-only teacher")
             teacher = tspec.load_model(device="cpu", dtype="float32")
-            model, _ = student_from_teacher(teacher, student.init.layers, student.init.keep)
+            model, kept = student_from_teacher(teacher, student.init.layers, student.init.keep)
             del teacher
             family = Family.CAUSAL
             fmt = PromptFormat(student.prompt_format) if student.prompt_format else tspec.prompt_format
@@ -139,6 +140,10 @@ def build_student(student: Student, teacher_name: str, device: str = "cpu"):
             fmt = PromptFormat(student.prompt_format or "raw")
         tok.padding_side = "right"
         spec = ModelSpec(name=student.name, path="", family=family, prompt_format=fmt, model_type=model.config.model_type)
+        if student.init.from_teacher:
+            # In memory only (not in the saved config.json): hidden-state KD (kd.hidden) reads its
+            # junctions from it.
+            spec.metadata["kept_layers"] = kept
         return model, tok, spec
     base = ModelSpec.resolve(student.base)
     fmt = PromptFormat(student.prompt_format) if student.prompt_format else (

@@ -131,13 +131,15 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
                               f"remove its kd section")
         check_same_vocabulary(tok, tspec.load_tokenizer(), student.name)
     cached_kd = student.kd is not None and student.kd.cached_k > 0 and supports_answer_only(model)
+    junctions = _hidden_junctions(student, spec, model, cached_kd, log)
     if cached_kd:
         from lamini_serve.train.kd import cached_teacher_targets
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         targets = cached_teacher_targets(out_root / ".work", recipe.teacher,
                                          lambda: tspec.load_model(device=device, dtype="float32"), rows,
-                                         student.kd.cached_k, student.kd.temperature, bf16, log)
+                                         student.kd.cached_k, student.kd.temperature, bf16, log,
+                                         layers=[t for _, t in junctions])
         for row, target in zip(rows, targets):
             row["kd"] = [target]
     packed = spec.family is Family.CAUSAL and args.packing
@@ -182,7 +184,7 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         if targs.n_gpu > 1:
             raise LaminiError(f"{student.name}: word-level KD from cached targets runs one process per GPU; launch "
                               f"with --launch \"accelerate launch\" (or set kd.top_k: 0 for the live teacher)")
-        trainer = cached_kd_trainer_class()(**common, kd=student.kd)
+        trainer = cached_kd_trainer_class()(**common, kd=student.kd, junctions=junctions)
     elif student.kd is not None:
         from lamini_serve.train.kd import kd_trainer_class
 
@@ -225,13 +227,36 @@ def train_student(recipe: Recipe, student: Student, resume: bool = False, compar
         "dropped_cut_answers": dropped, "tokens": real_tokens, "learning_rate": lr,
         "effective_batch": args.per_device_batch_size * world * accum, "precision": precision,
         "packing": packed, "answer_only_logits": answer_only,
-        "kd": (dataclasses.asdict(student.kd) | {"top_k": student.kd.cached_k}) if student.kd else None,
+        "kd": (dataclasses.asdict(student.kd) | {"top_k": student.kd.cached_k}
+               | ({"junctions": [list(j) for j in junctions]} if junctions else {})) if student.kd else None,
     }
     if is_main():
         _save(trainer, tok, spec, student, recipe, summary, before, compare_set, metrics_path, final, seconds, log)
         write_herd_index(out_root)
     _barrier()  # the other ranks wait for the save before they move on (or exit)
     return summary
+
+
+def _hidden_junctions(student: Student, spec, model, cached_kd: bool, log) -> list[tuple[int, int]]:
+    """(student block, teacher block) pairs where kd.hidden matches hidden states (none without it)."""
+    if student.kd is None or not student.kd.hidden:
+        return []
+    from lamini_serve.train.kd import junctions
+    from lamini_serve.train.recipe import HIDDEN_NEEDS_CUT
+
+    kept = spec.metadata.get("kept_layers")
+    if kept is None:
+        raise LaminiError(f"{student.name}: {HIDDEN_NEEDS_CUT}")
+    found = junctions(kept)
+    if not found:
+        raise LaminiError(f"{student.name}: kd.hidden matches hidden states after a gap in the teacher blocks the "
+                          f"student keeps, and {kept} has none; keep others (init.keep) or set kd.hidden: 0")
+    if not cached_kd:
+        raise LaminiError(f"{student.name}: kd.hidden needs cached KD targets, which a {model.config.model_type} "
+                          f"student cannot use (its logits are not lm_head(hidden state)); set kd.hidden: 0")
+    log(f"{student.name}: hidden-state KD (weight {student.kd.hidden}) into "
+        + ", ".join(f"block {s} (teacher block {t})" for s, t in found))
+    return found
 
 
 def _trim_metrics(path: Path, upto_step: int) -> None:
