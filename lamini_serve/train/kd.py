@@ -82,13 +82,13 @@ def block_inputs(model: Any, indices: Sequence[int]):
     is (answer_logits' head hook and a DDP wrapper stay in place), and the teacher's pass under
     no_grad holds the few states asked for, not all of them.
     """
-    from lamini_serve.train.students import _blocks
+    from lamini_serve.train.students import decoder_blocks
 
     seen: dict[int, Any] = {}
     if not indices:
         yield seen
         return
-    blocks = _blocks(model)
+    blocks = decoder_blocks(model)
 
     def grab(i):
         def hook(_module, args, kwargs):

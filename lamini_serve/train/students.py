@@ -55,7 +55,7 @@ def student_from_teacher(teacher: Any, layers: int, rule: str | list[int] = "end
     from transformers import AutoModelForCausalLM
 
     cfg = copy.deepcopy(teacher.config)
-    blocks = _blocks(teacher)
+    blocks = decoder_blocks(teacher)
     keep = kept_layers(len(blocks), layers, rule)
     if hasattr(cfg, "num_hidden_layers"):
         cfg.num_hidden_layers = len(keep)
@@ -80,7 +80,8 @@ def student_from_teacher(teacher: Any, layers: int, rule: str | list[int] = "end
     return student, keep
 
 
-def _blocks(model):
+def decoder_blocks(model):
+    """The ModuleList of a decoder-only model's transformer blocks (llama, gpt2, gpt-neox layouts)."""
     for path in ("model.layers", "transformer.h", "gpt_neox.layers"):
         obj = model
         for part in path.split("."):
