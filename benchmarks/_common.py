@@ -32,3 +32,16 @@ def report(name: str, title: str, rows: list[tuple[str, str]], data: dict, out: 
     path.write_text(json.dumps({"benchmark": name, **data, "machine": machine()}, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def bench_teacher_export() -> Path:
+    """The embedded teacher's export (int8 default, fp32 beside it), made once and kept in LAMINI_HOME."""
+    import subprocess
+    import sys
+
+    from lamini_serve.paths import lamini_home
+
+    out = lamini_home() / "bench" / "teacher-onnx"
+    if not (out / "export.json").is_file():
+        subprocess.run([sys.executable, "-m", "lamini_serve", "export", "embedded", str(out)], check=True)
+    return out

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, report  # noqa: E402
+from _common import bench_teacher_export, RESULTS, report  # noqa: E402
 
 PROMPT = "Write a short story about a robot who learns to paint."
 CONFIGS = {
@@ -177,13 +177,7 @@ def pooled(rounds: list[dict]) -> dict:
 
 # ---- the benchmark --------------------------------------------------------------------
 def teacher_export(work: Path) -> Path:
-    """The teacher's int8 export, made once and kept in LAMINI_HOME."""
-    from lamini_serve.paths import lamini_home
-
-    out = lamini_home() / "bench" / "teacher-onnx"
-    if not (out / "export.json").is_file():
-        subprocess.run([sys.executable, "-m", "lamini_serve", "export", "embedded", str(out)], check=True)
-    return out
+    return bench_teacher_export()
 
 
 def vllm_direct(work: Path, dtype: str):

@@ -1,7 +1,8 @@
 """Teachers behind one tiny interface: `run(requests, on_result)`.
 
-- `InProcessTeacher`: any ModelSpec (the embedded teacher by default) on torch,
-  fed whole padded batches, because batching is where a CPU finds its speed.
+- `InProcessTeacher`: any ModelSpec (the embedded teacher by default) on torch, or an
+  ONNX export of it (`lamini export`) on ONNX Runtime, fed whole batches, because
+  batching is where a CPU finds its speed.
 - `HTTPTeacher`: any OpenAI-compatible endpoint (OpenAI, vLLM, `lamini serve`)
   through the async client with limits and retries; a sliding window of tasks
   keeps memory flat for millions of requests.
@@ -27,7 +28,7 @@ class InProcessTeacher:
     max_retries = 1
 
     def __init__(self, name: str = "embedded", batch_size: int = 32, device: str = "auto", dtype: str = "auto",
-                 pull: bool = False):
+                 pull: bool = False, variant: str | None = None):
         from lamini_serve.models import ModelSpec
 
         if pull:  # a command: fetch the embedded teacher on first use, saying so
@@ -38,9 +39,14 @@ class InProcessTeacher:
             self.spec = ModelSpec.resolve(name)
         self.batch_size = batch_size
         self.device, self.dtype = device, dtype
-        label = self.spec.metadata.get("display_name") or name
-        self.id = f"local:{label}"
-        self.provenance = {"kind": self.kind, "model": name, "path": str(self.spec.path)}
+        self.variant = _onnx_variant(self.spec, variant)
+        label = self.spec.metadata.get("display_name") or _export_source(self.spec) or name
+        # The work keys name the model, not where it runs: an fp32 export answers as the
+        # checkpoint it came from, so a run begun on torch resumes on ONNX Runtime. A
+        # quantized graph is another teacher (its answers differ), so it has its own name.
+        self.id = f"local:{label}" if self.variant in (None, "fp32") else f"local:{label}@{self.variant}"
+        self.provenance = {"kind": self.kind, "model": name, "path": str(self.spec.path),
+                           "runtime": self.spec.runtime, **({"variant": self.variant} if self.variant else {})}
         # A teacher states which instruction-generation prompt it can follow (lamini.json).
         self.style = self.spec.metadata.get("generation_style", "chat")
         self._engine = None
@@ -48,9 +54,11 @@ class InProcessTeacher:
     @property
     def engine(self):
         if self._engine is None:
-            from lamini_serve.engines.torch_engine import TorchEngine
+            from lamini_serve.engines import load_engine
 
-            self._engine = TorchEngine(self.spec, device=self.device, dtype=self.dtype)
+            options = {"variant": "" if self.variant == self.spec.metadata.get("default_variant") else self.variant} \
+                if self.variant else {}
+            self._engine = load_engine(self.spec, device=self.device, dtype=self.dtype, **options)
         return self._engine
 
     def run(self, requests: Iterable[Request], on_result: OnResult) -> None:
@@ -138,9 +146,49 @@ class HTTPTeacher:
                     await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _export_source(spec) -> str | None:
+    """The checkpoint an ONNX export was made from, as `lamini export` was given it (None otherwise)."""
+    import json
+    from pathlib import Path
+
+    record = Path(spec.path) / "export.json" if spec.runtime == "onnx" else None
+    if record is None or not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text(encoding="utf-8")).get("source", {}).get("path")
+    except (OSError, ValueError):
+        return None
+
+
+def _onnx_variant(spec, variant: str | None) -> str | None:
+    """The graph variant an export's teacher runs ("int8", "fp32" ...; None for a torch checkpoint)."""
+    if spec.runtime != "onnx":
+        if variant:
+            raise LaminiError(f"--teacher-variant {variant} needs an ONNX export as the teacher (`lamini export`); "
+                              f"{spec.path} is a torch checkpoint")
+        return None
+    from pathlib import Path
+
+    from lamini_serve.checkpoint import graph_kinds, onnx_file
+
+    folder = Path(spec.path)
+    default = spec.metadata.get("default_variant") or "int8"
+    variant = variant or default
+    graph = onnx_file(graph_kinds(spec.family)[0], "" if variant == default else variant)
+    if not (folder / graph).is_file():
+        have = sorted(p.name for p in folder.glob("*.onnx"))
+        raise LaminiError(f"{folder} has no {variant} variant ({graph} is missing; it has {', '.join(have)}); "
+                          f"export it with `lamini export ... --quantize` or choose another --teacher-variant")
+    return variant
+
+
 def make_teacher(teacher: str = "embedded", url: str | None = None, model: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", batch_size: int = 32, device: str = "auto", **client_kw):
+                 api_key_env: str = "OPENAI_API_KEY", batch_size: int = 32, device: str = "auto",
+                 variant: str | None = None, **client_kw):
     """The teacher a command asked for: an HTTP endpoint when a URL is given, else an in-process model."""
     if url:
+        if variant:
+            raise LaminiError("--teacher-variant picks a graph of an in-process ONNX teacher; "
+                              "an endpoint (--teacher-url) serves its own model: drop one of the two")
         return HTTPTeacher(url, model or "", api_key_env=api_key_env, **client_kw)
-    return InProcessTeacher(teacher, batch_size=batch_size, device=device, pull=True)
+    return InProcessTeacher(teacher, batch_size=batch_size, device=device, pull=True, variant=variant)

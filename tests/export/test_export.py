@@ -326,3 +326,35 @@ def test_the_embedded_teacher_exports_and_int8_still_answers(teacher_path, tmp_p
     assert rep["variants"]["default"]["top1_agreement"] >= 0.85
     r = CliRunner().invoke(cli, ["chat", str(out), "-p", "What is the capital of France?", "--max-new-tokens", "24"])
     assert r.exit_code == 0 and "Paris" in r.output, r.output
+
+
+def test_an_export_is_a_teacher_for_lamini_data(tiny_models, exports, tmp_path):
+    """`lamini data run --teacher EXPORT`: the fp32 graph answers as the checkpoint did (so it keeps
+    the checkpoint's teacher name and a run resumes across the two), a quantized one is another
+    teacher by name, and a variant that is not there is one line."""
+    from lamini_serve.teacher.backends import InProcessTeacher
+    from lamini_serve.teacher.client import Request
+
+    payload = {"max_tokens": 10, "temperature": 0.0}
+    reqs = [Request(str(i), "chat", {"messages": c, **payload}) for i, c in enumerate(_convs())]
+
+    def answers(teacher):
+        got = {}
+        teacher.run(reqs, lambda r: got.__setitem__(r.key, r.completion.text))
+        return [got[r.key] for r in reqs]
+
+    torch_teacher = InProcessTeacher(str(tiny_models["llama"]), batch_size=2, device="cpu")
+    fp32 = InProcessTeacher(str(exports["llama"]), batch_size=2, variant="fp32")
+    int8 = InProcessTeacher(str(exports["llama"]), batch_size=2)
+    assert type(fp32.engine).__name__ == "OrtEngine" and type(torch_teacher.engine).__name__ == "TorchEngine"
+    assert answers(fp32) == answers(torch_teacher)
+    assert fp32.id == torch_teacher.id and int8.id == f"{torch_teacher.id}@int8"
+    assert int8.provenance["variant"] == "int8" and len(answers(int8)) == len(reqs)
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["data", "run", str(tmp_path / "a"), "--teacher", str(exports["llama"]),
+                            "--teacher-variant", "fp16"])
+    assert r.exit_code != 0 and "has no fp16 variant" in r.output and "Traceback" not in r.output
+    r = runner.invoke(cli, ["data", "run", str(tmp_path / "b"), "--teacher", str(tiny_models["llama"]),
+                            "--teacher-variant", "fp32"])
+    assert r.exit_code != 0 and "needs an ONNX export" in r.output
