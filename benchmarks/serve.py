@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import bench_teacher_export, RESULTS, report  # noqa: E402
+from _common import RESULTS, bench_teacher_export, report  # noqa: E402
 
 PROMPT = "Write a short story about a robot who learns to paint."
 CONFIGS = {
@@ -176,10 +176,6 @@ def pooled(rounds: list[dict]) -> dict:
 
 
 # ---- the benchmark --------------------------------------------------------------------
-def teacher_export(work: Path) -> Path:
-    return bench_teacher_export()
-
-
 def vllm_direct(work: Path, dtype: str):
     """vLLM's own server on the teacher, started the way `lamini serve` starts it."""
     from lamini_serve.engines.setup import vllm_python
@@ -243,7 +239,7 @@ def vllm_pair(concurrencies: list[int], tokens: int, work: Path, dtype: str, rou
 def run_config(key: str, concurrencies: list[int], tokens: int, work: Path) -> list[dict]:
     rows = []
     args = {
-        "c": [f"teacher={teacher_export(work)}", "--engine", "teacher=onnx"],
+        "c": [f"teacher={bench_teacher_export()}", "--engine", "teacher=onnx"],
         "d": ["teacher=embedded", "--engine", "teacher=torch"],
         "e": ["teacher=embedded", "--engine", "teacher=torch", "--max-batch", "1"],
     }[key]

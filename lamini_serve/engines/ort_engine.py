@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from lamini_serve.checkpoint import is_onnx_folder, onnx_file
+from lamini_serve.checkpoint import graph_kinds, is_onnx_folder, onnx_file
 from lamini_serve.errors import LaminiError
 from lamini_serve.generation import (
     Completion,
@@ -134,6 +134,21 @@ class _Graph:
         return "present." + past_name[len("past_key_values."):]
 
 
+def variant_files(spec: ModelSpec, variant: str | None = None) -> list[str]:
+    """The graph files of one variant of an export: its default graph for None, "" or the
+    default's own name (lamini.json's `default_variant`, e.g. "int8"), else the files of that
+    name beside it (model_fp32.onnx ...). A variant that was not exported is one line."""
+    folder = Path(spec.path)
+    name = "" if not variant or variant == spec.metadata.get("default_variant") else variant
+    files = [onnx_file(k, name) for k in graph_kinds(spec.family)]
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        have = ", ".join(sorted(p.name for p in folder.glob("*.onnx")))
+        raise LaminiError(f"{folder} has no {variant or 'default'} variant: no {missing[0]}: that variant was not "
+                          f"exported (it has {have})")
+    return files
+
+
 class OrtEngine:
     """A loaded ONNX export + tokenizer that answers conversations."""
 
@@ -146,11 +161,7 @@ class OrtEngine:
         if not is_onnx_folder(folder):
             raise LaminiError(f"{folder} holds no ONNX export (no {onnx_file('causal')} or {onnx_file('encoder')}); "
                               "make one with `lamini export`")
-        variant = variant or ""
-        files = [onnx_file(k, variant) for k in (("encoder", "decoder") if spec.family is Family.SEQ2SEQ else ("causal",))]
-        missing = [f for f in files if not (folder / f).is_file()]
-        if missing:
-            raise LaminiError(f"{folder} has no {missing[0]}: that variant was not exported")
+        files = variant_files(spec, variant)
         self.folder = folder
         self.tokenizer = spec.load_tokenizer()
         on_cpu = all(p == "CPUExecutionProvider" for p in (providers or ["CPUExecutionProvider"]))

@@ -40,7 +40,7 @@ class InProcessTeacher:
         self.batch_size = batch_size
         self.device, self.dtype = device, dtype
         self.variant = _onnx_variant(self.spec, variant)
-        label = self.spec.metadata.get("display_name") or _export_source(self.spec) or name
+        label = self.spec.metadata.get("display_name") or (self.variant and _export_source(self.spec)) or name
         # The work keys name the model, not where it runs: an fp32 export answers as the
         # checkpoint it came from, so a run begun on torch resumes on ONNX Runtime. A
         # quantized graph is another teacher (its answers differ), so it has its own name.
@@ -56,8 +56,7 @@ class InProcessTeacher:
         if self._engine is None:
             from lamini_serve.engines import load_engine
 
-            options = {"variant": "" if self.variant == self.spec.metadata.get("default_variant") else self.variant} \
-                if self.variant else {}
+            options = {"variant": self.variant} if self.variant else {}
             self._engine = load_engine(self.spec, device=self.device, dtype=self.dtype, **options)
         return self._engine
 
@@ -151,8 +150,10 @@ def _export_source(spec) -> str | None:
     import json
     from pathlib import Path
 
-    record = Path(spec.path) / "export.json" if spec.runtime == "onnx" else None
-    if record is None or not record.is_file():
+    from lamini_serve.export.exporter import MANIFEST
+
+    record = Path(spec.path) / MANIFEST
+    if not record.is_file():
         return None
     try:
         return json.loads(record.read_text(encoding="utf-8")).get("source", {}).get("path")
@@ -161,25 +162,17 @@ def _export_source(spec) -> str | None:
 
 
 def _onnx_variant(spec, variant: str | None) -> str | None:
-    """The graph variant an export's teacher runs ("int8", "fp32" ...; None for a torch checkpoint)."""
+    """The graph variant an export's teacher runs ("int8", "fp32" ...; None for a torch checkpoint),
+    checked now rather than when the first batch loads the engine."""
     if spec.runtime != "onnx":
         if variant:
             raise LaminiError(f"--teacher-variant {variant} needs an ONNX export as the teacher (`lamini export`); "
                               f"{spec.path} is a torch checkpoint")
         return None
-    from pathlib import Path
+    from lamini_serve.engines.ort_engine import variant_files
 
-    from lamini_serve.checkpoint import graph_kinds, onnx_file
-
-    folder = Path(spec.path)
-    default = spec.metadata.get("default_variant") or "int8"
-    variant = variant or default
-    graph = onnx_file(graph_kinds(spec.family)[0], "" if variant == default else variant)
-    if not (folder / graph).is_file():
-        have = sorted(p.name for p in folder.glob("*.onnx"))
-        raise LaminiError(f"{folder} has no {variant} variant ({graph} is missing; it has {', '.join(have)}); "
-                          f"export it with `lamini export ... --quantize` or choose another --teacher-variant")
-    return variant
+    variant_files(spec, variant)
+    return variant or spec.metadata.get("default_variant") or "int8"
 
 
 def make_teacher(teacher: str = "embedded", url: str | None = None, model: str | None = None,
